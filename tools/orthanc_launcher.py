@@ -1,0 +1,187 @@
+"""Starts and stops real Orthanc processes on loopback ports, with or without the transfers plugin.
+
+Used by the integration tests, the demo and the benchmarks. Needs Debian's ``orthanc`` and
+``orthanc-python`` packages (or ``ORTHANC_BINARY`` and ``ORTHANC_PYTHON_PLUGIN`` pointing elsewhere).
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_SCRIPT = REPO_ROOT / "transfers_plugin" / "plugin.py"
+
+
+def orthanc_binary() -> str:
+    found = os.environ.get("ORTHANC_BINARY") or shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    if not os.path.exists(found):
+        raise RuntimeError("Orthanc is not installed: apt-get install orthanc orthanc-python")
+    return found
+
+
+def python_plugin_library() -> str:
+    env = os.environ.get("ORTHANC_PYTHON_PLUGIN")
+    if env:
+        return env
+    candidates = sorted(glob.glob("/usr/lib/orthanc/libOrthancPython.so*")) + \
+        sorted(glob.glob("/usr/share/orthanc/plugins/libOrthancPython.so*"))
+    if not candidates:
+        raise RuntimeError("The Orthanc Python plugin is not installed: apt-get install orthanc-python")
+    return candidates[0]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OrthancServer:
+    """One Orthanc process with its own storage, configuration and log file under ``workdir``."""
+
+    def __init__(self, name: str, workdir: Path, *, with_plugin: bool = True,
+                 transfers: Optional[Dict[str, Any]] = None, peers: Optional[Dict[str, Any]] = None,
+                 extra_config: Optional[Dict[str, Any]] = None, http_port: Optional[int] = None):
+        self.name = name
+        self.workdir = Path(workdir)
+        self.with_plugin = with_plugin
+        self.transfers = transfers
+        self.peers = peers or {}
+        self.extra_config = extra_config or {}
+        self.http_port = http_port or free_port()
+        self.dicom_port = free_port()
+        self.process: Optional[subprocess.Popen] = None
+        self.log_path = self.workdir / "orthanc.log"
+        self.config_path = self.workdir / "orthanc.json"
+        self.session = requests.Session()
+        self.session.trust_env = False
+        users = self.extra_config.get("RegisteredUsers") or {}
+        if self.extra_config.get("AuthenticationEnabled") and users:
+            self.session.auth = next(iter(users.items()))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def config(self) -> Dict[str, Any]:
+        storage = str(self.workdir / "storage")
+        cfg: Dict[str, Any] = {
+            "Name": self.name,
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.name.upper()[:16] or "ORTHANC",
+            "StorageDirectory": storage,
+            "IndexDirectory": storage,
+            "RemoteAccessAllowed": True,
+            "AuthenticationEnabled": False,
+            "HttpTimeout": 30,
+            "OrthancPeers": self.peers,
+            "Plugins": [],
+        }
+        if self.with_plugin:
+            cfg["Plugins"] = [python_plugin_library()]
+            cfg["PythonScript"] = str(PLUGIN_SCRIPT)
+            cfg["PythonVerbose"] = False
+        if self.transfers is not None:
+            cfg["Transfers"] = self.transfers
+        cfg.update(self.extra_config)
+        return cfg
+
+    def start(self, timeout: float = 30.0) -> "OrthancServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config(), indent=2))
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([orthanc_binary(), str(self.config_path)], stdout=log,
+                                        stderr=subprocess.STDOUT, cwd=str(self.workdir),
+                                        start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc {self.name} exited with {self.process.returncode}:\n"
+                                   f"{self.log_tail()}")
+            try:
+                r = self.session.get(self.url + "/system", timeout=1)
+                if r.status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Orthanc {self.name} did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> Optional[int]:
+        """SIGTERM, then SIGKILL if Orthanc has not stopped within ``timeout``; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        self.session.close()
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 200) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    # -- REST helpers --------------------------------------------------------------------------------
+
+    def request(self, method: str, uri: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 60)
+        return self.session.request(method, self.url + uri, **kwargs)
+
+    def get(self, uri: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", uri, **kwargs)
+
+    def post(self, uri: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", uri, **kwargs)
+
+    def get_json(self, uri: str) -> Any:
+        r = self.get(uri)
+        r.raise_for_status()
+        return r.json()
+
+    def upload(self, data: bytes) -> str:
+        """Stores a DICOM file; returns its Orthanc instance ID."""
+        r = self.post("/instances", data=data)
+        r.raise_for_status()
+        return r.json()["ID"]
+
+    def instances(self) -> List[str]:
+        return self.get_json("/instances")
+
+    def peer_entry(self, **properties: Any) -> Dict[str, Any]:
+        """This server as an ``OrthancPeers`` entry of another server."""
+        entry: Dict[str, Any] = {"Url": self.url + "/"}
+        entry.update(properties)
+        return entry

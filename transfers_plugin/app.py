@@ -1,0 +1,79 @@
+"""The application: validated configuration, domain objects and routes, built from an Orthanc boundary.
+
+``start(api)`` is what ``plugin.py`` calls with the real boundary (:mod:`orthanc_api`); tests may call it
+with a fake one. Nothing here imports ``orthanc``.
+"""
+
+import uuid
+from typing import Any, Dict, List, Optional
+
+from . import PLUGIN_NAME, __version__
+from .codec import get_codec
+from .config import ConfigError, TransfersConfig, merge_registered_peers, parse_configuration
+from .peers import has_transfers_plugin, probe_peers
+from .routes import Router, build_source_routes
+from .source import Source
+from .transport import PeerTransport
+
+DESCRIPTION = ("Accelerates transfers between Orthanc peers (Python implementation, wire-compatible with "
+               "the C++ Transfers accelerator plugin)")
+
+
+class Application:
+    def __init__(self, api: Any, config: TransfersConfig):
+        self.api = api
+        self.config = config
+        self.originator = str(uuid.uuid4())  # changes at every start, as the C++ plugin's
+        self.source = Source(api, config.cache_size_bytes, config.threads)
+        self.transport = PeerTransport(config)
+        self.router = Router(api.log_error)
+        build_source_routes(self.router, self)
+
+    # -- what the routes need ------------------------------------------------------------------------
+
+    def codec_for(self, name: str):
+        return get_codec(name)
+
+    def peers(self):
+        return merge_registered_peers(self.config, self.api.registered_peers())
+
+    def probe_peers(self) -> Dict[str, str]:
+        def probe(peer, timeout):
+            answer = self.transport.request(peer, "GET", "/plugins", timeout=timeout)
+            return has_transfers_plugin(answer.status, answer.content)
+
+        return probe_peers(self.peers(), float(self.config.peer_connectivity_timeout), probe,
+                           self.api.log_warning)
+
+    def core_plugins(self) -> List[str]:
+        return self.api.core_plugins()
+
+    def plugin_description(self) -> Dict[str, Any]:
+        return {"ID": PLUGIN_NAME, "Version": __version__, "Description": DESCRIPTION,
+                "ExtendsOrthancExplorer": False}
+
+    # -- Orthanc events ------------------------------------------------------------------------------
+
+    def on_instance_deleted(self, instance_id: str) -> None:
+        self.source.cache.invalidate(instance_id)
+
+
+def start(api: Any) -> Optional[Application]:
+    """Validates the configuration and registers everything; on a bad configuration, registers nothing."""
+    try:
+        config = parse_configuration(api.configuration())
+    except ConfigError as e:
+        for problem in e.problems:
+            api.log_error(f"Transfers: invalid configuration: {problem}")
+        api.log_error("Transfers: the plugin is disabled because of the configuration errors above")
+        return None
+    for warning in config.warnings:
+        api.log_warning(f"Transfers: {warning}")
+    app = Application(api, config)
+    for route in app.router.routes:
+        api.register_route(route.pattern, lambda request, route=route: app.router.handle(route, request))
+    api.register_instance_deleted(app.on_instance_deleted)
+    api.log_warning(f"Transfers accelerator {__version__} (Python) started: Threads {config.threads}, "
+                    f"BucketSize {config.bucket_size_kb} KB, CacheSize {config.cache_size_mb} MB, "
+                    f"{len(config.peers)} peer(s) configured")
+    return app

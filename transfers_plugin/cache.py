@@ -1,0 +1,115 @@
+"""Bounded cache of source instances (whole DICOM files with their size and MD5).
+
+Least recently used out first, by total bytes; an instance larger than the capacity is still cached,
+alone. Concurrent requests for the same missing instance share one load: the first caller loads it
+outside the lock while the others wait for its result.
+"""
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+
+@dataclass(frozen=True)
+class CachedInstance:
+    id: str
+    data: bytes
+    md5: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @classmethod
+    def from_bytes(cls, instance_id: str, data: bytes) -> "CachedInstance":
+        return cls(instance_id, data, hashlib.md5(data).hexdigest())
+
+
+class _Loading:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Optional[CachedInstance] = None
+        self.error: Optional[BaseException] = None
+        self.stale = False  # invalidated while loading: hand the bytes out, keep them not
+
+
+class InstanceCache:
+    def __init__(self, capacity_bytes: int, loader: Callable[[str], CachedInstance]):
+        if capacity_bytes <= 0:
+            raise ValueError("the cache capacity must be positive")
+        self.capacity = capacity_bytes
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, CachedInstance] = OrderedDict()
+        self._loading: Dict[str, _Loading] = {}
+        self.used_bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, instance_id: str) -> CachedInstance:
+        with self._lock:
+            entry = self._entries.get(instance_id)
+            if entry is not None:
+                self._entries.move_to_end(instance_id)
+                self.hits += 1
+                return entry
+            loading = self._loading.get(instance_id)
+            owner = loading is None
+            if owner:
+                loading = self._loading[instance_id] = _Loading()
+        if not owner:
+            loading.done.wait()
+            if loading.error is not None:
+                raise loading.error
+            assert loading.result is not None
+            return loading.result
+        try:
+            result = self._loader(instance_id)
+        except BaseException as e:
+            with self._lock:
+                del self._loading[instance_id]
+            loading.error = e
+            loading.done.set()
+            raise
+        with self._lock:
+            del self._loading[instance_id]
+            self.misses += 1
+            if not loading.stale:
+                self._insert(result)
+        loading.result = result
+        loading.done.set()
+        return result
+
+    def _insert(self, entry: CachedInstance) -> None:
+        while self._entries and self.used_bytes + entry.size > self.capacity:
+            _, old = self._entries.popitem(last=False)
+            self.used_bytes -= old.size
+        self._entries[entry.id] = entry
+        self.used_bytes += entry.size
+
+    def invalidate(self, instance_id: str) -> None:
+        """Forgets an instance (it was deleted or replaced in Orthanc)."""
+        with self._lock:
+            loading = self._loading.get(instance_id)
+            if loading is not None:
+                loading.stale = True
+            old = self._entries.pop(instance_id, None)
+            if old is not None:
+                self.used_bytes -= old.size
+
+    def clear(self) -> None:
+        with self._lock:
+            for loading in self._loading.values():
+                loading.stale = True
+            self._entries.clear()
+            self.used_bytes = 0
+
+    def __contains__(self, instance_id: str) -> bool:
+        with self._lock:
+            return instance_id in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

@@ -1,0 +1,258 @@
+"""The ``Transfers`` configuration section and ``OrthancPeers``, as validated and typed values.
+
+Option names and defaults are those of the C++ plugin (protocol.md section 10). Every problem found is
+collected, so the log names all the wrong values at once.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+SECTION = "Transfers"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists every wrong value, one sentence each."""
+
+    def __init__(self, problems: List[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+# name -> (default, minimum, maximum, meaning). All are JSON integers.
+TRANSFERS_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
+    "Threads": (4, 1, 256, "HTTP workers per job, parallel peer probes, concurrent chunk answers"),
+    "BucketSize": (4096, 1, 1024 * 1024, "target bucket size in KB"),
+    "CacheSize": (512, 1, 1024 * 1024, "source instance cache in MB"),
+    "MaxPushTransactions": (4, 0, 1024, "open push transactions at the receiver (0: refuse pushes)"),
+    "MaxHttpRetries": (0, 0, 100, "extra attempts for a failed HTTP request to a peer"),
+    "PeerConnectivityTimeout": (2, 1, 3600, "timeout of the /plugins probes, in seconds"),
+    "PeerCommitTimeout": (600, 1, 24 * 3600, "timeout of push creation and commit, in seconds"),
+    "CommitThreadsCount": (1, 1, 64, "threads importing instances at commit"),
+}
+
+PEER_KNOWN_KEYS = {
+    "Url", "URL", "Username", "Password", "HttpHeaders", "Timeout", "CertificateFile",
+    "CertificateKeyFile", "CertificateKeyPassword", "Pkcs11",
+}
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """One Orthanc peer, as ``OrthancPeers`` declares it."""
+
+    name: str
+    url: str  # always ends with "/"
+    username: Optional[str] = None
+    password: Optional[str] = None
+    http_headers: Tuple[Tuple[str, str], ...] = ()
+    timeout: Optional[int] = None  # seconds; None: the global HttpTimeout
+    certificate_file: Optional[str] = None
+    certificate_key_file: Optional[str] = None
+    certificate_key_password: Optional[str] = None
+    pkcs11: bool = False
+    user_properties: Tuple[Tuple[str, str], ...] = ()
+
+    @property
+    def remote_self(self) -> Optional[str]:
+        return dict(self.user_properties).get("RemoteSelf")
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        return dict(self.http_headers)
+
+
+@dataclass(frozen=True)
+class TransfersConfig:
+    threads: int = 4
+    bucket_size_kb: int = 4096
+    cache_size_mb: int = 512
+    max_push_transactions: int = 4
+    max_http_retries: int = 0
+    peer_connectivity_timeout: int = 2
+    peer_commit_timeout: int = 600
+    commit_threads_count: int = 1
+    # Global Orthanc options the plugin follows.
+    http_timeout: int = 60  # seconds, 0 means no timeout
+    https_verify_peers: bool = True
+    https_ca_certificates: Optional[str] = None
+    http_proxy: Optional[str] = None
+    concurrent_jobs: int = 2
+    peers: Mapping[str, PeerConfig] = field(default_factory=dict)
+    warnings: Tuple[str, ...] = ()
+
+    @property
+    def cache_size_bytes(self) -> int:
+        return self.cache_size_mb * 1024 * 1024
+
+    def peer_timeout(self, peer: PeerConfig) -> Optional[float]:
+        """Per-peer ``Timeout`` first, then ``HttpTimeout``; None means wait forever."""
+        t = peer.timeout if peer.timeout else self.http_timeout
+        return float(t) if t else None
+
+
+_ATTRS = {
+    "Threads": "threads",
+    "BucketSize": "bucket_size_kb",
+    "CacheSize": "cache_size_mb",
+    "MaxPushTransactions": "max_push_transactions",
+    "MaxHttpRetries": "max_http_retries",
+    "PeerConnectivityTimeout": "peer_connectivity_timeout",
+    "PeerCommitTimeout": "peer_commit_timeout",
+    "CommitThreadsCount": "commit_threads_count",
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_option(obj: Mapping[str, Any], key: str, default: int, lo: int, hi: int, where: str,
+                problems: List[str]) -> int:
+    if key not in obj:
+        return default
+    v = obj[key]
+    if not _is_int(v):
+        problems.append(f"{where}{key} must be an integer, not {v!r}")
+        return default
+    if not lo <= v <= hi:
+        problems.append(f"{where}{key} must be between {lo} and {hi}, not {v}")
+        return default
+    return v
+
+
+def parse_configuration(cfg: Mapping[str, Any]) -> TransfersConfig:
+    """Validates the whole Orthanc configuration; raises :class:`ConfigError` listing every problem."""
+    problems: List[str] = []
+    warnings: List[str] = []
+    section = cfg.get(SECTION, {})
+    if section is None:
+        section = {}
+    values: Dict[str, Any] = {}
+    if not isinstance(section, dict):
+        problems.append(f"The {SECTION!r} section must be a JSON object")
+        section = {}
+    for key, (default, lo, hi, _meaning) in TRANSFERS_OPTIONS.items():
+        values[_ATTRS[key]] = _int_option(section, key, default, lo, hi, f"{SECTION}.", problems)
+    for key in section:
+        if key not in TRANSFERS_OPTIONS:
+            warnings.append(f"Unknown option {SECTION}.{key} is ignored")
+
+    values["http_timeout"] = _int_option(cfg, "HttpTimeout", 60, 0, 24 * 3600, "", problems)
+    values["concurrent_jobs"] = _int_option(cfg, "ConcurrentJobs", 2, 0, 1024, "", problems)
+    if values["concurrent_jobs"] == 0:  # Orthanc's own meaning of 0: as many as there are cores
+        values["concurrent_jobs"] = 2
+    verify = cfg.get("HttpsVerifyPeers", True)
+    if not isinstance(verify, bool):
+        problems.append(f"HttpsVerifyPeers must be true or false, not {verify!r}")
+        verify = True
+    values["https_verify_peers"] = verify
+    for key, attr in (("HttpsCACertificates", "https_ca_certificates"), ("HttpProxy", "http_proxy")):
+        v = cfg.get(key)
+        if v is not None and not isinstance(v, str):
+            problems.append(f"{key} must be a string, not {v!r}")
+            v = None
+        values[attr] = v or None
+
+    values["peers"] = parse_peers(cfg.get("OrthancPeers", {}), problems)
+    if problems:
+        raise ConfigError(problems)
+    values["warnings"] = tuple(warnings)
+    return TransfersConfig(**values)
+
+
+def normalize_url(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
+
+
+def parse_peers(value: Any, problems: List[str]) -> Dict[str, PeerConfig]:
+    """``OrthancPeers``: an object name -> ``[url]`` / ``[url, user, password]`` / ``{"Url": ...}``."""
+    peers: Dict[str, PeerConfig] = {}
+    if value is None:
+        return peers
+    if not isinstance(value, dict):
+        problems.append("OrthancPeers must be a JSON object mapping names to peers")
+        return peers
+    for name, item in value.items():
+        peer = parse_peer(name, item, problems)
+        if peer is not None:
+            peers[name] = peer
+    return peers
+
+
+def parse_peer(name: str, item: Any, problems: List[str]) -> Optional[PeerConfig]:
+    where = f"OrthancPeers.{name}"
+    if isinstance(item, list):
+        if len(item) not in (1, 3) or not all(isinstance(x, str) for x in item):
+            problems.append(f"{where} must be [url] or [url, username, password], all strings")
+            return None
+        if len(item) == 1:
+            return PeerConfig(name, normalize_url(item[0]))
+        return PeerConfig(name, normalize_url(item[0]), item[1], item[2])
+    if not isinstance(item, dict):
+        problems.append(f"{where} must be a JSON array or object")
+        return None
+    before = len(problems)
+    url = item.get("Url", item.get("URL"))
+    if not isinstance(url, str) or not url:
+        problems.append(f"{where}.Url must be a non-empty string")
+    strings = {}
+    for key in ("Username", "Password", "CertificateFile", "CertificateKeyFile", "CertificateKeyPassword"):
+        v = item.get(key)
+        if v is not None and not isinstance(v, str):
+            problems.append(f"{where}.{key} must be a string")
+        strings[key] = v if isinstance(v, str) else None
+    if (strings["Username"] is None) != (strings["Password"] is None):
+        problems.append(f"{where}: Username and Password go together")
+    headers = item.get("HttpHeaders", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        problems.append(f"{where}.HttpHeaders must be an object of strings")
+        headers = {}
+    timeout = item.get("Timeout", 0)
+    if not _is_int(timeout) or timeout < 0:
+        problems.append(f"{where}.Timeout must be a non-negative integer (seconds)")
+        timeout = 0
+    pkcs11 = item.get("Pkcs11", False)
+    if not isinstance(pkcs11, bool):
+        problems.append(f"{where}.Pkcs11 must be true or false")
+        pkcs11 = False
+    props: List[Tuple[str, str]] = []
+    for key, v in item.items():
+        if key in PEER_KNOWN_KEYS:
+            continue
+        if isinstance(v, bool):
+            props.append((key, "1" if v else "0"))
+        elif _is_int(v):
+            props.append((key, str(v)))
+        elif isinstance(v, str):
+            props.append((key, v))
+        else:
+            problems.append(f"{where}.{key} (a user property) must be a string, a boolean or an integer")
+    if len(problems) > before:
+        return None
+    return PeerConfig(
+        name=name,
+        url=normalize_url(url),
+        username=strings["Username"],
+        password=strings["Password"],
+        http_headers=tuple(sorted(headers.items())),
+        timeout=timeout or None,
+        certificate_file=strings["CertificateFile"],
+        certificate_key_file=strings["CertificateKeyFile"],
+        certificate_key_password=strings["CertificateKeyPassword"],
+        pkcs11=pkcs11,
+        user_properties=tuple(props),
+    )
+
+
+def merge_registered_peers(config: TransfersConfig, registered: List[Tuple[str, str, Dict[str, str]]]
+                           ) -> Dict[str, PeerConfig]:
+    """Peers known to Orthanc (``GetPeers``: name, URL, user properties) joined with the configuration.
+
+    Orthanc also knows peers stored in its database (``OrthancPeersInDatabase``); those carry no
+    credentials for a plugin. A peer of the configuration keeps its credentials and headers.
+    """
+    peers = dict(config.peers)
+    for name, url, props in registered:
+        if name not in peers:
+            peers[name] = PeerConfig(name, normalize_url(url), user_properties=tuple(sorted(props.items())))
+    return peers

@@ -1,0 +1,120 @@
+"""Errors that carry an HTTP status, so that every expected failure becomes a clear 4xx/5xx answer."""
+
+from typing import Any, Dict, Optional
+
+HTTP_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+# Orthanc error codes (OrthancPluginErrorCode) used in answers, named as Orthanc names them.
+ORTHANC_ERRORS = {
+    -1: "Internal error",
+    1: "Error encountered within the plugin engine",
+    3: "Parameter out of range",
+    5: "Bad type for a parameter",
+    6: "Bad sequence of calls",
+    8: "Bad request",
+    9: "Error in the network protocol",
+    15: "Bad file format",
+    16: "Timeout",
+    17: "Unknown resource",
+    20: "Corrupted file (e.g. inconsistent MD5 hash)",
+    28: "Cannot parse a JSON document",
+    37: "Job canceled",
+}
+
+
+class TransfersError(Exception):
+    """Base class: a failure with an HTTP status and an Orthanc error code."""
+
+    status = 500
+    orthanc_code = -1
+
+    def __init__(self, message: str, *, status: Optional[int] = None, orthanc_code: Optional[int] = None,
+                 details: Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if orthanc_code is not None:
+            self.orthanc_code = orthanc_code
+        self.details = details
+
+    def to_json(self, method: str = "", uri: str = "") -> Dict[str, Any]:
+        """The error body, with the same keys as Orthanc's own error answers."""
+        body: Dict[str, Any] = {
+            "HttpError": HTTP_REASONS.get(self.status, "Error"),
+            "HttpStatus": self.status,
+            "Message": self.message,
+            "Method": method,
+            "OrthancError": ORTHANC_ERRORS.get(self.orthanc_code, "Error"),
+            "OrthancStatus": self.orthanc_code,
+            "Uri": uri,
+        }
+        if self.details:
+            body["Details"] = self.details
+        return body
+
+
+class BadRequest(TransfersError):
+    status = 400
+    orthanc_code = 8
+
+
+class BadJson(BadRequest):
+    orthanc_code = 28
+
+
+class BadFileFormat(BadRequest):
+    orthanc_code = 15
+
+
+class ParameterOutOfRange(BadRequest):
+    orthanc_code = 3
+
+
+class BadParameterType(BadRequest):
+    orthanc_code = 5
+
+
+class NotFound(TransfersError):
+    status = 404
+    orthanc_code = 17
+
+
+class MethodNotAllowed(TransfersError):
+    status = 405
+    orthanc_code = 8
+
+    def __init__(self, allowed: str, method: str):
+        super().__init__(f"Method {method} is not allowed here; use {allowed}")
+        self.allowed = allowed
+
+
+class Conflict(TransfersError):
+    status = 409
+    orthanc_code = 6
+
+
+class Unavailable(TransfersError):
+    status = 503
+    orthanc_code = 1
+
+
+class CorruptedFile(TransfersError):
+    status = 500
+    orthanc_code = 20
+
+
+class NetworkProtocol(TransfersError):
+    status = 500
+    orthanc_code = 9

@@ -1,0 +1,182 @@
+"""The one boundary with Orthanc: the only module that touches the ``orthanc`` module.
+
+Everything else receives an :class:`OrthancApi` (or a fake with the same methods in unit tests).
+Native SDK calls hold the GIL in the Python plugin 4.0, so each method makes few, short calls.
+"""
+
+import json
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .errors import BadRequest, NotFound, TransfersError
+from .routes import Request, Response
+
+_NOT_FOUND_CODES = {7, 13, 17, 21}
+_BAD_REQUEST_CODES = {3, 5, 8, 12, 15, 28}
+_ORTHANC_ID = re.compile(r"[0-9a-f-]{1,64}")
+_LEVEL_URIS = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}
+_CHILDREN = {"Patient": ("Studies", "Study"), "Study": ("Series", "Series"), "Series": ("Instances", None)}
+
+
+class OrthancApi:
+    def __init__(self, module: Any = None):
+        if module is None:
+            import orthanc as module  # the only import of the orthanc module in the package
+        self.orthanc = module
+        self._change_listeners: List[Callable[[Any, Any, str], None]] = []
+        self._change_callback_registered = False
+
+    # -- logs ----------------------------------------------------------------------------------------
+
+    def log_info(self, message: str) -> None:
+        self.orthanc.LogInfo(message)
+
+    def log_warning(self, message: str) -> None:
+        self.orthanc.LogWarning(message)
+
+    def log_error(self, message: str) -> None:
+        self.orthanc.LogError(message)
+
+    # -- configuration and peers ---------------------------------------------------------------------
+
+    def configuration(self) -> Dict[str, Any]:
+        return json.loads(self.orthanc.GetConfiguration())
+
+    def registered_peers(self) -> List[Tuple[str, str, Dict[str, str]]]:
+        """Peers as Orthanc knows them (configuration file or database): name, URL, RemoteSelf."""
+        peers = self.orthanc.GetPeers()
+        if peers is None:
+            return []
+        out = []
+        for i in range(peers.GetPeersCount()):
+            props = {}
+            remote_self = peers.GetPeerUserProperty(i, "RemoteSelf")
+            if remote_self is not None:
+                props["RemoteSelf"] = remote_self
+            out.append((peers.GetPeerName(i), peers.GetPeerUrl(i), props))
+        return out
+
+    def core_plugins(self) -> List[str]:
+        """``GET /plugins`` of the core (plugin routes bypassed, so this does not call us back)."""
+        return json.loads(self._call(self.orthanc.RestApiGet, "/plugins"))
+
+    # -- reading instances ---------------------------------------------------------------------------
+
+    def _call(self, fn: Callable, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self.orthanc.OrthancException as e:
+            raise translate_orthanc_exception(e, args[0] if args else "") from None
+
+    def _get_json(self, uri: str) -> Any:
+        return json.loads(self._call(self.orthanc.RestApiGet, uri))
+
+    def child_instances(self, level: str, resource_id: str) -> List[str]:
+        if level not in _CHILDREN or not _ORTHANC_ID.fullmatch(resource_id):
+            raise NotFound(f"Unknown {level.lower()} {resource_id!r}")
+        pending = [(level, resource_id)]
+        instances: List[str] = []
+        while pending:
+            lvl, rid = pending.pop()
+            try:
+                resource = self._get_json(f"/{_LEVEL_URIS[lvl]}/{rid}")
+            except NotFound:
+                raise NotFound(f"Unknown {lvl.lower()} {rid}") from None
+            key, child_level = _CHILDREN[lvl]
+            if child_level is None:
+                instances.extend(resource[key])
+            else:
+                pending.extend((child_level, c) for c in resource[key])
+        return instances
+
+    def attachment_info(self, instance_id: str) -> Tuple[int, Optional[str]]:
+        if not _ORTHANC_ID.fullmatch(instance_id):
+            raise NotFound(f"Unknown instance {instance_id!r}")
+        try:
+            info = self._get_json(f"/instances/{instance_id}/attachments/dicom/info")
+        except NotFound:
+            raise NotFound(f"Unknown instance {instance_id}") from None
+        return int(info["UncompressedSize"]), (info.get("UncompressedMD5") or None)
+
+    def read_dicom(self, instance_id: str) -> bytes:
+        if not _ORTHANC_ID.fullmatch(instance_id):
+            raise NotFound(f"Unknown instance {instance_id!r}")
+        try:
+            return self._call(self.orthanc.GetDicomForInstance, instance_id)
+        except NotFound:
+            raise NotFound(f"Unknown instance {instance_id}") from None
+
+    # -- registration --------------------------------------------------------------------------------
+
+    def register_route(self, pattern: str, handler: Callable[[Request], Response]) -> None:
+        def callback(output: Any, uri: str, **request: Any) -> None:
+            req = Request(
+                method=request.get("method", "GET"),
+                uri=uri,
+                groups=tuple(request.get("groups") or ()),
+                args=dict(request.get("get") or {}),
+                headers=dict(request.get("headers") or {}),
+                body=request.get("body") or b"",
+            )
+            self.answer(output, handler(req))
+
+        self.orthanc.RegisterRestCallback(pattern, callback)
+
+    def answer(self, output: Any, response: Response) -> None:
+        for name, value in response.headers.items():
+            output.SetHttpHeader(name, value)
+        if response.status == 200:
+            output.AnswerBuffer(response.body, response.content_type)
+            return
+        if response.status == 405 and "Allow" in response.headers:
+            output.SendMethodNotAllowed(response.headers["Allow"])
+            return
+        output.SetHttpHeader("Content-Type", response.content_type)
+        # Error bodies are ASCII JSON. Plugin 4.0 takes (status, str, length) and refuses bytes; from 4.2
+        # on, the form is (status, body).
+        text = response.body.decode("ascii", "replace")
+        for args in ((response.status, text, len(text)), (response.status, text),
+                     (response.status, response.body)):
+            try:
+                output.SendHttpStatus(*args)
+                return
+            except TypeError:
+                continue
+        output.SendHttpStatusCode(response.status)
+
+    def register_instance_deleted(self, listener: Callable[[str], None]) -> None:
+        deleted = self.orthanc.ChangeType.DELETED
+        instance = self.orthanc.ResourceType.INSTANCE
+
+        def on_change(change_type: int, level: int, resource_id: str) -> None:
+            if change_type == deleted and level == instance:
+                listener(resource_id)
+
+        self._add_change_listener(on_change)
+
+    def _add_change_listener(self, listener: Callable[[int, int, str], None]) -> None:
+        self._change_listeners.append(listener)
+        if self._change_callback_registered:
+            return
+
+        def dispatch(change_type: Any, level: Any, resource_id: str) -> None:
+            for fn in list(self._change_listeners):
+                try:
+                    fn(change_type, level, resource_id)
+                except Exception as e:  # noqa: BLE001 - one listener must not break the others
+                    self.log_error(f"Transfers: error in a change listener: {e}")
+
+        self.orthanc.RegisterOnChangeCallback(dispatch)
+        self._change_callback_registered = True
+
+
+def translate_orthanc_exception(e: Exception, what: str = "") -> TransfersError:
+    """An ``orthanc.OrthancException(code, message)`` as one of our errors, keeping Orthanc's code."""
+    code = e.args[0] if e.args and isinstance(e.args[0], int) else -1
+    message = str(e.args[1]) if len(e.args) > 1 else str(e)
+    text = f"{message} ({what})" if what else message
+    if code in _NOT_FOUND_CODES:
+        return NotFound(text, orthanc_code=code)
+    if code in _BAD_REQUEST_CODES:
+        return BadRequest(text, orthanc_code=code)
+    return TransfersError(text, orthanc_code=code)

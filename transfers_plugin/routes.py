@@ -1,0 +1,131 @@
+"""Thin REST handlers: parse the request, call one domain function, answer JSON or a JSON error.
+
+A :class:`Router` holds one entry per URI pattern with a handler per HTTP method. It turns every
+expected failure (:class:`TransfersError`) into its HTTP status with a JSON body, a wrong method into
+405, and an unexpected exception into 500 after logging it.
+"""
+
+import json
+import re
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Tuple
+
+from .errors import MethodNotAllowed, TransfersError
+from .protocol import (
+    ChunkRequest,
+    dumps_compact,
+    dumps_styled,
+    lookup_answer,
+    parse_json_body,
+    parse_resources,
+)
+
+JSON_TYPE = "application/json"
+
+
+@dataclass
+class Request:
+    method: str
+    uri: str
+    groups: Tuple[str, ...] = ()
+    args: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = JSON_TYPE
+    headers: Dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, value: Any, styled: bool = True) -> "Response":
+        return cls(200, dumps_styled(value) if styled else dumps_compact(value), JSON_TYPE)
+
+
+Handler = Callable[[Request], Response]
+
+
+@dataclass
+class Route:
+    pattern: str  # a regular expression matching the whole URI, as Orthanc's RegisterRestCallback takes
+    methods: Dict[str, Handler]
+
+
+class Router:
+    def __init__(self, log_error: Callable[[str], None] = lambda m: None):
+        self.routes: List[Route] = []
+        self.log_error = log_error
+
+    def add(self, pattern: str, **methods: Handler) -> None:
+        self.routes.append(Route(pattern, {m.upper(): h for m, h in methods.items()}))
+
+    def handle(self, route: Route, request: Request) -> Response:
+        try:
+            handler = route.methods.get(request.method.upper())
+            if handler is None:
+                raise MethodNotAllowed(",".join(sorted(route.methods)), request.method)
+            return handler(request)
+        except TransfersError as e:
+            return error_response(e, request)
+        except Exception as e:  # noqa: BLE001 - the answer must stay JSON, the traceback goes to the log
+            self.log_error(f"Transfers: {request.method} {request.uri} failed: {e}\n{traceback.format_exc()}")
+            return error_response(TransfersError(f"Internal error in the transfers plugin: {e}"), request)
+
+    def dispatch(self, request: Request) -> Response:
+        """Finds the route of a URI (for tests and for callers outside Orthanc)."""
+        for route in self.routes:
+            m = re.fullmatch(route.pattern, request.uri)
+            if m:
+                request.groups = m.groups()
+                return self.handle(route, request)
+        return error_response(TransfersError("Unknown URI", status=404, orthanc_code=17), request)
+
+
+def error_response(error: TransfersError, request: Request) -> Response:
+    headers = {}
+    if isinstance(error, MethodNotAllowed):
+        headers["Allow"] = error.allowed
+    body = json.dumps(error.to_json(request.method, request.uri), indent=3, sort_keys=True) + "\n"
+    return Response(error.status, body.encode("utf-8"), JSON_TYPE, headers)
+
+
+def build_source_routes(router: Router, app: Any) -> None:
+    """The routes a source peer serves (protocol.md R1, R2, R5) and ``/plugins`` for detection.
+
+    ``app`` offers ``source``, ``originator``, ``codec_for(name)``, ``probe_peers()``, ``core_plugins()``
+    and ``plugin_description()``.
+    """
+
+    def chunks(request: Request) -> Response:
+        query = ChunkRequest.parse(request.groups[0], request.args)
+        data = app.source.read(query)
+        codec = app.codec_for(query.compression)
+        return Response(200, codec.encode(data), codec.content_type)
+
+    def lookup(request: Request) -> Response:
+        resources = parse_resources(parse_json_body(request.body, "lookup body"))
+        instances = app.source.lookup(resources)
+        return Response.json(lookup_answer(instances, app.originator), styled=False)
+
+    def peers(request: Request) -> Response:
+        return Response.json(app.probe_peers())
+
+    def plugins(request: Request) -> Response:
+        names = list(app.core_plugins())
+        if "transfers" not in names:
+            names.append("transfers")
+        return Response.json(sorted(names))
+
+    def plugin_info(request: Request) -> Response:
+        return Response.json(app.plugin_description())
+
+    router.add(r"/transfers/chunks/([^/]*)", GET=chunks)
+    router.add(r"/transfers/lookup", POST=lookup)
+    router.add(r"/transfers/peers", GET=peers)
+    router.add(r"/plugins", GET=plugins)
+    router.add(r"/plugins/transfers", GET=plugin_info)
+

@@ -1,0 +1,109 @@
+"""The source side of the protocol: lookup of resources and serving byte ranges of instances.
+
+Everything Orthanc-specific arrives through a ``store`` object (see :class:`SourceStore`), so this module
+is testable without Orthanc.
+"""
+
+import threading
+from typing import Iterable, List, Optional, Protocol, Sequence, Tuple
+
+from .cache import CachedInstance, InstanceCache
+from .errors import CorruptedFile, ParameterOutOfRange
+from .protocol import (
+    LEVEL_INSTANCE,
+    ChunkRequest,
+    InstanceInfo,
+    Resource,
+)
+
+
+class SourceStore(Protocol):
+    """What the source needs from Orthanc. Each method raises ``NotFound`` for an unknown resource."""
+
+    def child_instances(self, level: str, resource_id: str) -> List[str]:
+        """The instance IDs below a patient, study or series."""
+
+    def attachment_info(self, instance_id: str) -> Tuple[int, Optional[str]]:
+        """Size and MD5 of the instance's DICOM file as Orthanc recorded them (MD5 None if unknown)."""
+
+    def read_dicom(self, instance_id: str) -> bytes:
+        """The whole DICOM file of an instance."""
+
+
+class Source:
+    def __init__(self, store: SourceStore, cache_capacity_bytes: int, max_concurrent_reads: int = 4):
+        self.store = store
+        self.cache = InstanceCache(cache_capacity_bytes, self._load)
+        self._reads = threading.BoundedSemaphore(max(1, max_concurrent_reads))
+
+    # -- lookup --------------------------------------------------------------------------------------
+
+    def expand(self, resources: Iterable[Resource]) -> List[str]:
+        """Instance IDs of the resources, each once, in ascending byte-wise order."""
+        ids = set()
+        for r in resources:
+            if r.level == LEVEL_INSTANCE:
+                ids.add(r.id)
+            else:
+                ids.update(self.store.child_instances(r.level, r.id))
+        return sorted(ids)
+
+    def instance_info(self, instance_id: str) -> InstanceInfo:
+        """Size and MD5 from Orthanc's attachment record when it has them, else from the bytes."""
+        size, md5 = self.store.attachment_info(instance_id)
+        if not md5:
+            entry = self.cache.get(instance_id)
+            return InstanceInfo(instance_id, entry.size, entry.md5)
+        return InstanceInfo(instance_id, size, md5)
+
+    def lookup(self, resources: Iterable[Resource]) -> List[InstanceInfo]:
+        return [self.instance_info(i) for i in self.expand(resources)]
+
+    # -- chunks --------------------------------------------------------------------------------------
+
+    def _load(self, instance_id: str) -> CachedInstance:
+        with self._reads:
+            data = self.store.read_dicom(instance_id)
+        entry = CachedInstance.from_bytes(instance_id, data)
+        size, md5 = self.store.attachment_info(instance_id)
+        if entry.size != size or (md5 and entry.md5 != md5):
+            raise CorruptedFile(
+                f"Instance {instance_id}: the stored file has {entry.size} bytes and MD5 {entry.md5}, "
+                f"but Orthanc recorded {size} bytes and MD5 {md5}; refusing to serve it")
+        return entry
+
+    def read(self, request: ChunkRequest) -> bytes:
+        """The bytes of a chunks request, before compression (protocol.md R1, exactly)."""
+        return read_range(self.cache.get, request.ids, request.offset, request.size)
+
+
+def read_range(get, ids: Sequence[str], offset: int, size: int) -> bytes:
+    """Concatenates ``ids``' bytes, skips ``offset`` bytes, keeps ``size`` of them (0: all the rest).
+
+    ``get(id)`` returns an object with ``data``. An instance is only loaded when bytes of it are needed
+    or its size is needed to skip it, as the C++ server does. A ``size`` past the end gives the bytes
+    there are (as the C++ server answers); an ``offset`` at or past the end is refused.
+    """
+    parts = []
+    produced = 0
+    remaining_offset = offset
+    for instance_id in ids:
+        if size and produced >= size:
+            break
+        data = get(instance_id).data
+        n = len(data)
+        if remaining_offset >= n:
+            remaining_offset -= n
+            continue
+        take = n - remaining_offset
+        if size:
+            take = min(take, size - produced)
+        parts.append(memoryview(data)[remaining_offset:remaining_offset + take])
+        produced += take
+        remaining_offset = 0
+    if offset and not produced:
+        raise ParameterOutOfRange(f"offset {offset} is past the end of the listed instances "
+                                  f"({offset - remaining_offset} bytes in all)")
+    if len(parts) == 1 and len(parts[0]) == len(parts[0].obj):
+        return parts[0].obj
+    return b"".join(parts)
