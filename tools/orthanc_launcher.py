@@ -50,13 +50,15 @@ class OrthancServer:
 
     def __init__(self, name: str, workdir: Path, *, with_plugin: bool = True,
                  transfers: Optional[Dict[str, Any]] = None, peers: Optional[Dict[str, Any]] = None,
-                 extra_config: Optional[Dict[str, Any]] = None, http_port: Optional[int] = None):
+                 extra_config: Optional[Dict[str, Any]] = None, http_port: Optional[int] = None,
+                 plugin_script: Optional[Path] = None):
         self.name = name
         self.workdir = Path(workdir)
         self.with_plugin = with_plugin
         self.transfers = transfers
         self.peers = peers or {}
         self.extra_config = extra_config or {}
+        self.plugin_script = Path(plugin_script or PLUGIN_SCRIPT)
         self.http_port = http_port or free_port()
         self.dicom_port = free_port()
         self.process: Optional[subprocess.Popen] = None
@@ -89,7 +91,7 @@ class OrthancServer:
         }
         if self.with_plugin:
             cfg["Plugins"] = [python_plugin_library()]
-            cfg["PythonScript"] = str(PLUGIN_SCRIPT)
+            cfg["PythonScript"] = str(self.plugin_script)
             cfg["PythonVerbose"] = False
         if self.transfers is not None:
             cfg["Transfers"] = self.transfers
