@@ -4,14 +4,22 @@
 with a fake one. Nothing here imports ``orthanc``.
 """
 
+import shutil
 import uuid
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import PLUGIN_NAME, __version__
 from .codec import get_codec
 from .config import ConfigError, TransfersConfig, merge_registered_peers, parse_configuration
+from .errors import NotFound
+from .jobs.engine import JobEngine
+from .jobs.pull import PullJobType
+from .jobs.routes import build_job_routes
+from .jobs.store import GlobalPropertyJobStore
 from .peers import has_transfers_plugin, probe_peers
-from .routes import Router, build_source_routes
+from .protocol import TransferQuery
+from .routes import Router, build_source_routes, build_transfer_routes
 from .source import Source
 from .transport import PeerTransport
 
@@ -26,8 +34,16 @@ class Application:
         self.originator = str(uuid.uuid4())  # changes at every start, as the C++ plugin's
         self.source = Source(api, config.cache_size_bytes, config.threads)
         self.transport = PeerTransport(config)
+        self.download_root = Path(config.download_area).absolute()
+        self.pull_job = PullJobType(config, self.peers, self.transport, api, self.download_root,
+                                    api.log_info, api.log_warning)
+        store = GlobalPropertyJobStore(api.get_global_property, api.set_global_property) if config.save_jobs else None
+        self.engine = JobEngine({self.pull_job.name: self.pull_job}, store, config.concurrent_jobs,
+                                config.jobs_history_size, api.log_info, api.log_error)
         self.router = Router(api.log_error)
         build_source_routes(self.router, self)
+        build_transfer_routes(self.router, self)
+        build_job_routes(self.router, self.engine, api)
 
     # -- what the routes need ------------------------------------------------------------------------
 
@@ -52,7 +68,31 @@ class Application:
         return {"ID": PLUGIN_NAME, "Version": __version__, "Description": DESCRIPTION,
                 "ExtendsOrthancExplorer": False}
 
+    def submit_pull(self, query: TransferQuery):
+        if query.peer not in self.peers():
+            raise NotFound(f"Unknown peer {query.peer!r}: it is not in OrthancPeers")
+        if query.sender_transfer_id is None:
+            query = TransferQuery(query.resources, query.peer, query.compression, query.priority,
+                                  query.originator, str(uuid.uuid4()))
+        return self.engine.submit(self.pull_job.name, query.to_json(), query.priority)
+
     # -- Orthanc events ------------------------------------------------------------------------------
+
+    def on_started(self) -> None:
+        self.engine.start()
+        self.sweep_download_root()
+
+    def sweep_download_root(self) -> None:
+        """Removes partial downloads that belong to no known job (left by a job dropped from the history)."""
+        if not self.download_root.is_dir():
+            return
+        for child in self.download_root.iterdir():
+            if child.is_dir() and not self.engine.owns(child.name):
+                shutil.rmtree(child, ignore_errors=True)
+                self.api.log_info(f"Transfers: removed the orphan download area {child}")
+
+    def on_stopped(self) -> None:
+        self.engine.stop()
 
     def on_instance_deleted(self, instance_id: str) -> None:
         self.source.cache.invalidate(instance_id)
@@ -73,6 +113,7 @@ def start(api: Any) -> Optional[Application]:
     for route in app.router.routes:
         api.register_route(route.pattern, lambda request, route=route: app.router.handle(route, request))
     api.register_instance_deleted(app.on_instance_deleted)
+    api.register_lifecycle(app.on_started, app.on_stopped)
     api.log_warning(f"Transfers accelerator {__version__} (Python) started: Threads {config.threads}, "
                     f"BucketSize {config.bucket_size_kb} KB, CacheSize {config.cache_size_mb} MB, "
                     f"{len(config.peers)} peer(s) configured")

@@ -4,6 +4,7 @@ Option names and defaults are those of the C++ plugin (protocol.md section 10). 
 collected, so the log names all the wrong values at once.
 """
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -29,6 +30,9 @@ TRANSFERS_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
     "PeerCommitTimeout": (600, 1, 24 * 3600, "timeout of push creation and commit, in seconds"),
     "CommitThreadsCount": (1, 1, 64, "threads importing instances at commit"),
 }
+
+# Options of this plugin that the C++ plugin does not have.
+STRING_OPTIONS = {"DownloadArea": "folder of partial downloads (default: StorageDirectory/transfers-tmp)"}
 
 PEER_KNOWN_KEYS = {
     "Url", "URL", "Username", "Password", "HttpHeaders", "Timeout", "CertificateFile",
@@ -77,6 +81,9 @@ class TransfersConfig:
     https_ca_certificates: Optional[str] = None
     http_proxy: Optional[str] = None
     concurrent_jobs: int = 2
+    jobs_history_size: int = 10
+    save_jobs: bool = True
+    download_area: str = ""  # folder of the partial downloads; default: StorageDirectory/transfers-tmp
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
     warnings: Tuple[str, ...] = ()
 
@@ -134,11 +141,24 @@ def parse_configuration(cfg: Mapping[str, Any]) -> TransfersConfig:
     for key, (default, lo, hi, _meaning) in TRANSFERS_OPTIONS.items():
         values[_ATTRS[key]] = _int_option(section, key, default, lo, hi, f"{SECTION}.", problems)
     for key in section:
-        if key not in TRANSFERS_OPTIONS:
+        if key not in TRANSFERS_OPTIONS and key not in STRING_OPTIONS:
             warnings.append(f"Unknown option {SECTION}.{key} is ignored")
 
     values["http_timeout"] = _int_option(cfg, "HttpTimeout", 60, 0, 24 * 3600, "", problems)
     values["concurrent_jobs"] = _int_option(cfg, "ConcurrentJobs", 2, 0, 1024, "", problems)
+    values["jobs_history_size"] = _int_option(cfg, "JobsHistorySize", 10, 0, 100000, "", problems)
+    save_jobs = cfg.get("SaveJobs", True)
+    if not isinstance(save_jobs, bool):
+        problems.append(f"SaveJobs must be true or false, not {save_jobs!r}")
+        save_jobs = True
+    values["save_jobs"] = save_jobs
+    area = section.get("DownloadArea")
+    if area is not None and (not isinstance(area, str) or not area):
+        problems.append(f"{SECTION}.DownloadArea must be a non-empty string (a folder), not {area!r}")
+        area = None
+    storage = cfg.get("StorageDirectory", "OrthancStorage")
+    values["download_area"] = area or os.path.join(storage if isinstance(storage, str) else "OrthancStorage",
+                                                   "transfers-tmp")
     if values["concurrent_jobs"] == 0:  # Orthanc's own meaning of 0: as many as there are cores
         values["concurrent_jobs"] = 2
     verify = cfg.get("HttpsVerifyPeers", True)

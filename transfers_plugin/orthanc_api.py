@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .errors import BadRequest, NotFound, TransfersError
+from .errors import BadRequest, MethodNotAllowed, NotFound, TransfersError
 from .routes import Request, Response
 
 _NOT_FOUND_CODES = {7, 13, 17, 21}
@@ -59,6 +59,44 @@ class OrthancApi:
     def core_plugins(self) -> List[str]:
         """``GET /plugins`` of the core (plugin routes bypassed, so this does not call us back)."""
         return json.loads(self._call(self.orthanc.RestApiGet, "/plugins"))
+
+    # -- the core REST API (plugin routes bypassed) ---------------------------------------------------
+
+    def core_get_json(self, uri: str) -> Any:
+        return self._get_json(uri)
+
+    def core_post(self, uri: str, body: bytes) -> bytes:
+        return self._call(self.orthanc.RestApiPost, uri, body)
+
+    def core_request(self, method: str, uri: str, body: bytes = b"") -> bytes:
+        fn = {"GET": lambda: self.orthanc.RestApiGet(uri), "POST": lambda: self.orthanc.RestApiPost(uri, body),
+              "PUT": lambda: self.orthanc.RestApiPut(uri, body), "DELETE": lambda: self.orthanc.RestApiDelete(uri)}
+        if method not in fn:
+            raise MethodNotAllowed("GET,POST,PUT,DELETE", method)
+        result = self._call(lambda _uri: fn[method](), uri)
+        return b"{}" if result is None else result
+
+    def store_instance(self, data: bytes) -> Dict[str, Any]:
+        """``POST /instances`` on the core: the answer (``ID``, ``Status``...)."""
+        return json.loads(self._call(self.orthanc.RestApiPost, "/instances", data))
+
+    def delete_instance(self, instance_id: str) -> None:
+        self._call(self.orthanc.RestApiDelete, f"/instances/{instance_id}")
+
+    def instance_exists(self, instance_id: str) -> bool:
+        try:
+            self._call(self.orthanc.RestApiGet, f"/instances/{instance_id}/attachments/dicom/size")
+            return True
+        except NotFound:
+            return False
+
+    # -- global properties -----------------------------------------------------------------------------
+
+    def get_global_property(self, property_id: int, default: str = "") -> str:
+        return self.orthanc.GetGlobalProperty(property_id, default)
+
+    def set_global_property(self, property_id: int, value: str) -> None:
+        self.orthanc.SetGlobalProperty(property_id, value)
 
     # -- reading instances ---------------------------------------------------------------------------
 
@@ -151,6 +189,19 @@ class OrthancApi:
         def on_change(change_type: int, level: int, resource_id: str) -> None:
             if change_type == deleted and level == instance:
                 listener(resource_id)
+
+        self._add_change_listener(on_change)
+
+    def register_lifecycle(self, on_started: Callable[[], None], on_stopped: Callable[[], None]) -> None:
+        """``on_started`` once Orthanc serves (the database is usable), ``on_stopped`` when it stops."""
+        started = self.orthanc.ChangeType.ORTHANC_STARTED
+        stopped = self.orthanc.ChangeType.ORTHANC_STOPPED
+
+        def on_change(change_type: int, level: int, resource_id: str) -> None:
+            if change_type == started:
+                on_started()
+            elif change_type == stopped:
+                on_stopped()
 
         self._add_change_listener(on_change)
 

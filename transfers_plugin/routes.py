@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 from .errors import MethodNotAllowed, TransfersError
 from .protocol import (
     ChunkRequest,
+    TransferQuery,
     dumps_compact,
     dumps_styled,
     lookup_answer,
@@ -129,3 +130,14 @@ def build_source_routes(router: Router, app: Any) -> None:
     router.add(r"/plugins", GET=plugins)
     router.add(r"/plugins/transfers", GET=plugin_info)
 
+
+
+def build_transfer_routes(router: Router, app: Any) -> None:
+    """``POST /transfers/pull``: checks the query and the peer, then answers the new job's ID at once."""
+
+    def pull(request: Request) -> Response:
+        query = TransferQuery.from_json(parse_json_body(request.body, "transfer query"))
+        job = app.submit_pull(query)
+        return Response.json({"ID": job.id, "Path": f"/jobs/{job.id}"})
+
+    router.add(r"/transfers/pull", POST=pull)

@@ -3,11 +3,27 @@
 One ``requests.Session`` per thread and peer keeps connections alive between requests.
 """
 
+import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
 from .config import PeerConfig, TransfersConfig
+from .errors import NetworkProtocol
+
+# Statuses worth another attempt; any other non-200 answer will not change by asking again.
+RETRYABLE_STATUSES = {408, 429, 500, 502, 503, 504}
+MAX_BACKOFF = 10.0
+
+
+class PeerError(NetworkProtocol):
+    """A request to a peer failed for good; the message says which peer and why."""
+
+    def __init__(self, message: str, status: Optional[int] = None, retryable: bool = True):
+        super().__init__(message)
+        self.http_status = status
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -62,7 +78,72 @@ class PeerTransport:
                                         timeout=timeout, allow_redirects=False)
         return HttpAnswer(r.status_code, r.headers, r.content)
 
+    def stream(self, peer: PeerConfig, uri: str, *, headers: Optional[Mapping[str, str]] = None,
+               timeout: Optional[float] = None):
+        """A GET whose body is read by the caller (``iter_content``); the caller closes it."""
+        if timeout is None:
+            timeout = self.config.peer_timeout(peer)
+        return self._session(peer).get(self.url(peer, uri), headers=dict(headers or {}), timeout=timeout,
+                                       stream=True, allow_redirects=False)
+
+    def call(self, peer: PeerConfig, method: str, uri: str, *, body: Optional[bytes] = None,
+             headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
+             retries: Optional[int] = None, stop_event: Any = None, expect_json: bool = False) -> HttpAnswer:
+        """A request that must answer 200, tried up to ``1 + retries`` times with a growing delay between
+        attempts (1, 2, 4... seconds, at most 10); a set ``stop_event`` ends the waiting at once."""
+        if retries is None:
+            retries = self.config.max_http_retries
+        error: Optional[PeerError] = None
+        for attempt in range(retries + 1):
+            try:
+                answer = self.request(peer, method, uri, body=body, headers=headers, timeout=timeout)
+                error = check_answer(peer, method, uri, answer, expect_json)
+                if error is None:
+                    return answer
+            except self._requests.RequestException as e:
+                error = PeerError(describe_network_error(peer, e))
+            if not error.retryable or attempt == retries:
+                break
+            delay = min(MAX_BACKOFF, 2.0 ** attempt)
+            if stop_event is not None:
+                if stop_event.wait(delay):
+                    break
+            else:
+                time.sleep(delay)
+        assert error is not None
+        raise error
+
     def close(self) -> None:
         for session in (getattr(self._local, "sessions", None) or {}).values():
             session.close()
         self._local.sessions = {}
+
+
+def check_answer(peer: PeerConfig, method: str, uri: str, answer: HttpAnswer, expect_json: bool) -> Optional[PeerError]:
+    if answer.status == 200:
+        if expect_json:
+            try:
+                json.loads(answer.content)
+            except (ValueError, UnicodeDecodeError):
+                return PeerError(f"Peer {peer.name!r} answered {method} {uri} with a body that is not JSON")
+        return None
+    if answer.status in (401, 403):
+        return PeerError(f"Peer {peer.name!r} ({peer.url}) refused our credentials: HTTP {answer.status} "
+                         f"to {method} {uri}", answer.status, retryable=False)
+    snippet = answer.content[:200].decode("utf-8", "replace").strip()
+    return PeerError(f"Peer {peer.name!r} ({peer.url}) answered HTTP {answer.status} to {method} {uri}"
+                     + (f": {snippet}" if snippet else ""), answer.status,
+                     retryable=answer.status in RETRYABLE_STATUSES)
+
+
+def describe_network_error(peer: PeerConfig, e: Exception) -> str:
+    name = type(e).__name__
+    if "ConnectTimeout" in name:
+        why = "the connection timed out"
+    elif "ReadTimeout" in name or "Timeout" in name:
+        why = "no answer within the timeout"
+    elif "ConnectionError" in name:
+        why = "the connection failed"
+    else:
+        why = name
+    return f"Peer {peer.name!r} ({peer.url}) cannot be reached: {why} ({e})"

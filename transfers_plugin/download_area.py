@@ -1,0 +1,118 @@
+"""Where received buckets become instances: one pre-sized file per expected instance, on disk.
+
+Buckets are written as they arrive, in any order, each chunk at its offset (a repeated bucket rewrites
+the same bytes). Memory stays bounded: a bucket is written piece by piece as it is decoded. Nothing here
+touches Orthanc: committing is the caller's job, after :meth:`verify` has checked size and MD5.
+"""
+
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Sequence, Set
+
+from .commitment import check_file
+from .errors import NetworkProtocol, NotFound, ParameterOutOfRange
+from .protocol import Bucket, InstanceInfo
+
+
+class DownloadArea:
+    def __init__(self, root: Path, instances: Sequence[InstanceInfo]):
+        self.root = Path(root)
+        self.instances: Dict[str, InstanceInfo] = {i.id: i for i in instances}
+
+    def path(self, instance_id: str) -> Path:
+        if instance_id not in self.instances:
+            raise NotFound(f"Instance {instance_id} is not part of this transfer")
+        return self.root / f"{instance_id}.dcm"
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def prepare(self) -> bool:
+        """Creates the folder and a sparse file of the right size per instance; True if it was new."""
+        new = not self.root.is_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for info in self.instances.values():
+            p = self.path(info.id)
+            if not p.exists() or p.stat().st_size != info.size:
+                with open(p, "ab") as f:
+                    f.truncate(info.size)
+        return new
+
+    def writer(self, bucket: Bucket, skip: Optional[Set[str]] = None) -> "BucketWriter":
+        for c in bucket.chunks:
+            info = self.instances.get(c.instance_id)
+            if info is None:
+                raise NotFound(f"Instance {c.instance_id} is not part of this transfer")
+            if c.offset + c.size > info.size:
+                raise ParameterOutOfRange(f"Chunk ({c.instance_id}, {c.offset}, {c.size}) goes past the end "
+                                          f"of the instance ({info.size} bytes)")
+        return BucketWriter(self, bucket, skip or set())
+
+    def write_bucket(self, bucket: Bucket, payload: bytes, skip: Optional[Set[str]] = None) -> None:
+        w = self.writer(bucket, skip)
+        w.write(payload)
+        w.close()
+
+    def verify(self, instance_id: str) -> None:
+        """Raises CommitmentError unless the file has the announced size and MD5."""
+        check_file(self.path(instance_id), self.instances[instance_id])
+
+    def read(self, instance_id: str) -> bytes:
+        return self.path(instance_id).read_bytes()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class BucketWriter:
+    """Writes a bucket's decoded payload, given in pieces of any size, into the instance files."""
+
+    def __init__(self, area: DownloadArea, bucket: Bucket, skip: Set[str]):
+        self.area = area
+        self.chunks = list(bucket.chunks)
+        self.total = bucket.total_size
+        self.skip = skip
+        self.position = 0  # bytes of the payload written so far
+        self._index = 0  # current chunk
+        self._within = 0  # bytes of the current chunk written
+        self._fds: Dict[str, int] = {}
+
+    def _fd(self, instance_id: str) -> int:
+        fd = self._fds.get(instance_id)
+        if fd is None:
+            fd = self._fds[instance_id] = os.open(self.area.path(instance_id), os.O_WRONLY)
+        return fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        if self.position + len(view) > self.total:
+            raise NetworkProtocol(f"The bucket payload is longer than the {self.total} bytes announced")
+        while view:
+            chunk = self.chunks[self._index]
+            n = min(len(view), chunk.size - self._within)
+            if chunk.instance_id not in self.skip:
+                fd = self._fd(chunk.instance_id)
+                offset = chunk.offset + self._within
+                piece = view[:n]
+                while piece:
+                    written = os.pwrite(fd, piece, offset)
+                    piece, offset = piece[written:], offset + written
+            view = view[n:]
+            self._within += n
+            self.position += n
+            if self._within == chunk.size and self._index + 1 < len(self.chunks):
+                self._index += 1
+                self._within = 0
+
+    def close(self, complete: bool = True) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if complete and self.position != self.total:
+            raise NetworkProtocol(f"The bucket payload has {self.position} bytes instead of {self.total}")
+
+
+def instances_of(buckets: Iterable[Bucket]) -> Dict[int, Set[str]]:
+    """Bucket index -> the instances it carries bytes of."""
+    return {i: {c.instance_id for c in b.chunks} for i, b in enumerate(buckets)}

@@ -1,0 +1,401 @@
+"""The plugin's job engine, following Orthanc's job model (the Python SDK cannot create native jobs).
+
+- Highest priority first (then oldest), at most ``concurrent_jobs`` running at once, each in a thread.
+- A job type is an object with ``run(context)`` and ``cleanup(record, reason)``. ``run`` returns on success
+  and raises on failure; it calls ``context.check()`` often, which raises :class:`JobStopped` once a pause,
+  a cancel or a shutdown is asked, so that each takes effect within a second.
+- State lives in a ``JobStore`` (Orthanc's global properties in production): state changes are written at
+  once, progress at most once a second. After a restart, unfinished jobs go on from their resume state.
+- ``history_size`` finished jobs are kept (Orthanc's ``JobsHistorySize``); older ones are cleaned up.
+"""
+
+import copy
+import itertools
+import threading
+import time
+import traceback
+import uuid
+from typing import Any, Callable, Dict, List, Optional, Protocol
+
+from ..errors import NotFound, TransfersError
+from .model import (
+    ERROR_PLUGIN,
+    FAILURE,
+    PENDING,
+    RETRY,
+    RUNNING,
+    STOP_CANCEL,
+    STOP_SHUTDOWN,
+    SUCCESS,
+    JobRecord,
+)
+
+SAVE_INTERVAL = 1.0
+
+
+class JobStopped(Exception):
+    """Raised by ``JobContext.check()`` when the job must stop: ``reason`` is pause, cancel or shutdown."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RetryLater(Exception):
+    """A job type raises this to be run again after ``delay`` seconds (Orthanc's Retry state)."""
+
+    def __init__(self, delay: float, message: str = ""):
+        super().__init__(message)
+        self.delay = delay
+
+
+class JobType(Protocol):
+    name: str
+
+    def run(self, context: "JobContext") -> None:
+        ...
+
+    def cleanup(self, record: JobRecord, reason: str) -> None:
+        """Called once a job ends (success, failure, canceled) or leaves the history (discarded)."""
+
+
+class JobStore(Protocol):
+    def load(self) -> List[Dict[str, Any]]:
+        ...
+
+    def save(self, jobs: List[Dict[str, Any]]) -> None:
+        ...
+
+
+class MemoryJobStore:
+    def __init__(self) -> None:
+        self.saved: List[Dict[str, Any]] = []
+
+    def load(self) -> List[Dict[str, Any]]:
+        return list(self.saved)
+
+    def save(self, jobs: List[Dict[str, Any]]) -> None:
+        self.saved = jobs
+
+
+class JobContext:
+    """What a running job sees of the engine."""
+
+    def __init__(self, engine: "JobEngine", record: JobRecord):
+        self._engine = engine
+        self.record = record
+        self.stop_event = threading.Event()  # set when the job is asked to stop
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def parameters(self) -> Dict[str, Any]:
+        return self.record.parameters
+
+    @property
+    def resume_state(self) -> Dict[str, Any]:
+        return self.record.resume_state
+
+    @property
+    def stop_reason(self) -> Optional[str]:
+        return self.record.stop_request
+
+    def check(self) -> None:
+        reason = self.record.stop_request
+        if reason is not None:
+            raise JobStopped(reason)
+
+    def wait(self, seconds: float) -> None:
+        """Sleeps, but stops at once (raising JobStopped) when the job is asked to stop."""
+        self.stop_event.wait(seconds)
+        self.check()
+
+    def set_progress(self, fraction: float) -> None:
+        with self._engine._lock:
+            self.record.progress = max(0.0, min(1.0, fraction))
+        self._engine._mark_dirty()
+
+    def update_content(self, **values: Any) -> None:
+        with self._engine._lock:
+            self.record.content.update(values)
+        self._engine._mark_dirty()
+
+    def update_resume_state(self, **values: Any) -> None:
+        with self._engine._lock:
+            self.record.resume_state.update(values)
+        self._engine._mark_dirty()
+
+    def save_now(self) -> None:
+        self._engine._save()
+
+
+class JobEngine:
+    def __init__(self, job_types: Dict[str, JobType], store: Optional[JobStore] = None,
+                 concurrent_jobs: int = 2, history_size: int = 10,
+                 log_info: Callable[[str], None] = lambda m: None,
+                 log_error: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.time):
+        self.job_types = job_types
+        self.store = store
+        self.concurrent_jobs = max(1, concurrent_jobs)
+        self.history_size = max(0, history_size)
+        self.log_info = log_info
+        self.log_error = log_error
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._jobs: Dict[str, JobRecord] = {}
+        self._contexts: Dict[str, JobContext] = {}
+        self._threads: Dict[str, threading.Thread] = {}
+        self._sequence = itertools.count(1)
+        self._dirty = False
+        self._last_save = 0.0
+        self._save_lock = threading.Lock()
+        self._running = False
+        self._scheduler: Optional[threading.Thread] = None
+
+    # -- life cycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Loads the saved jobs (unfinished ones go on) and starts scheduling."""
+        if self.store is not None:
+            for item in self.store.load():
+                try:
+                    record = JobRecord.from_persisted(item)
+                except (KeyError, ValueError, TypeError) as e:
+                    self.log_error(f"Transfers: a saved job cannot be read and is dropped: {e}")
+                    continue
+                if record.state == RUNNING:
+                    record.state = PENDING
+                self._jobs[record.id] = record
+            if self._jobs:
+                self._sequence = itertools.count(max(r.sequence for r in self._jobs.values()) + 1)
+                unfinished = sum(1 for r in self._jobs.values() if not r.finished)
+                self.log_info(f"Transfers: {len(self._jobs)} saved job(s) loaded, {unfinished} unfinished")
+        with self._lock:
+            self._running = True
+        self._scheduler = threading.Thread(target=self._schedule, name="transfers-jobs", daemon=True)
+        self._scheduler.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stops every running job (they go on at the next start) and the scheduler; saves the state."""
+        with self._lock:
+            self._running = False
+            for context in self._contexts.values():
+                context.record.stop_request = STOP_SHUTDOWN
+                context.stop_event.set()
+            self._wake.notify_all()
+            threads = list(self._threads.values())
+        deadline = time.monotonic() + timeout
+        for t in threads + ([self._scheduler] if self._scheduler else []):
+            t.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in threads if t.is_alive()]
+        if alive:
+            self.log_error(f"Transfers: job threads still running at shutdown: {', '.join(alive)}")
+        self._save()
+
+    # -- user actions --------------------------------------------------------------------------------
+
+    def submit(self, job_type: str, parameters: Dict[str, Any], priority: int = 0,
+               content: Optional[Dict[str, Any]] = None) -> JobRecord:
+        if job_type not in self.job_types:
+            raise ValueError(f"unknown job type {job_type}")
+        record = JobRecord(id=str(uuid.uuid4()), type=job_type, parameters=parameters, priority=priority,
+                           sequence=next(self._sequence), creation_time=self.clock(),
+                           content=dict(content or {}))
+        with self._lock:
+            self._jobs[record.id] = record
+            self._wake.notify_all()
+        self._save()
+        self.log_info(f"Transfers: job {record.id} ({job_type}) submitted with priority {priority}")
+        return record
+
+    def get(self, job_id: str) -> Optional[JobRecord]:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def owns(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._jobs
+
+    def job_json(self, job_id: str) -> Dict[str, Any]:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None:
+                raise NotFound(f"Unknown job {job_id}")
+            return record.to_json(self.clock())
+
+    def list_ids(self) -> List[str]:
+        with self._lock:
+            return [r.id for r in sorted(self._jobs.values(), key=lambda r: r.sequence)]
+
+    def list_json(self) -> List[Dict[str, Any]]:
+        now = self.clock()
+        with self._lock:
+            return [r.to_json(now) for r in sorted(self._jobs.values(), key=lambda r: r.sequence)]
+
+    def _act(self, job_id: str, action: Callable[[JobRecord], Any]) -> JobRecord:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None:
+                raise NotFound(f"Unknown job {job_id}")
+            was_finished = record.finished
+            must_signal = action(record)
+            if must_signal and job_id in self._contexts:
+                self._contexts[job_id].stop_event.set()
+            newly_failed = record.finished and not was_finished
+            self._wake.notify_all()
+        self._save()
+        if newly_failed:  # canceled while not running: clean up what an earlier run left
+            self._cleanup_async(record, "canceled")
+        return record
+
+    def pause(self, job_id: str) -> JobRecord:
+        return self._act(job_id, lambda r: r.pause())
+
+    def resume(self, job_id: str) -> JobRecord:
+        return self._act(job_id, lambda r: r.resume())
+
+    def cancel(self, job_id: str) -> JobRecord:
+        return self._act(job_id, lambda r: r.cancel(self.clock()))
+
+    def resubmit(self, job_id: str) -> JobRecord:
+        return self._act(job_id, lambda r: r.resubmit())
+
+    # -- scheduling ----------------------------------------------------------------------------------
+
+    def _next_pending(self) -> Optional[JobRecord]:
+        now = self.clock()
+        for r in self._jobs.values():
+            if r.state == RETRY and r.retry_at is not None and r.retry_at <= now:
+                r.state = PENDING
+                r.retry_at = None
+        pending = [r for r in self._jobs.values() if r.state == PENDING]
+        if not pending:
+            return None
+        return max(pending, key=lambda r: (r.priority, -r.sequence))
+
+    def _schedule(self) -> None:
+        while True:
+            with self._lock:
+                if not self._running:
+                    return
+                started = False
+                if len(self._contexts) < self.concurrent_jobs:
+                    record = self._next_pending()
+                    if record is not None:
+                        self._launch(record)
+                        started = True
+                if not started:
+                    self._wake.wait(0.5)
+            if self._dirty and time.monotonic() - self._last_save >= SAVE_INTERVAL:
+                self._save()
+
+    def _launch(self, record: JobRecord) -> None:
+        record.start()
+        context = JobContext(self, record)
+        self._contexts[record.id] = context
+        t = threading.Thread(target=self._run, args=(context,), name=f"transfers-job-{record.id[:8]}",
+                             daemon=True)
+        self._threads[record.id] = t
+        t.start()
+        self._dirty = True
+
+    def _run(self, context: JobContext) -> None:
+        record = context.record
+        job_type = self.job_types[record.type]
+        started = time.monotonic()
+        cleanup_reason: Optional[str] = None
+        try:
+            context.check()
+            job_type.run(context)
+            with self._lock:
+                if record.stop_request == STOP_CANCEL:  # canceled after the last check: honour the cancel
+                    raise JobStopped(STOP_CANCEL)
+                record.succeed(self.clock())
+            cleanup_reason = "success"
+            self.log_info(f"Transfers: job {record.id} ({record.type}) succeeded")
+        except JobStopped as e:
+            with self._lock:
+                record.stopped(e.reason, self.clock())
+            if e.reason == STOP_CANCEL:
+                cleanup_reason = "canceled"
+            self.log_info(f"Transfers: job {record.id} stopped ({e.reason}), now {record.state}")
+        except Exception as e:  # noqa: BLE001
+            if isinstance(e, RetryLater) and record.stop_request is None:
+                with self._lock:
+                    record.retry_later(self.clock() + e.delay)
+                self.log_info(f"Transfers: job {record.id} will be retried in {e.delay} s: {e}")
+            elif record.stop_request is not None:
+                # Asked to stop, and the work was interrupted (an aborted download, Orthanc stopping...).
+                reason = record.stop_request
+                with self._lock:
+                    record.stopped(reason, self.clock())
+                if reason == STOP_CANCEL:
+                    cleanup_reason = "canceled"
+                self.log_info(f"Transfers: job {record.id} stopped ({reason}) while {type(e).__name__}: {e}")
+            else:
+                cleanup_reason = "failure"
+                self._fail(record, e)
+        finally:
+            with self._lock:
+                record.runtime += time.monotonic() - started
+                self._contexts.pop(record.id, None)
+                self._threads.pop(record.id, None)
+                self._wake.notify_all()
+        if cleanup_reason is not None:
+            self._cleanup(record, cleanup_reason)
+        self._trim_history()
+        self._save()
+
+    def _fail(self, record: JobRecord, e: Exception) -> None:
+        if isinstance(e, TransfersError):
+            code = e.orthanc_code if e.orthanc_code > 0 else ERROR_PLUGIN[0]
+            message, details = e.message, e.details or ""
+            self.log_error(f"Transfers: job {record.id} ({record.type}) failed: {message}")
+        else:  # a bug: the traceback goes to the details and the log
+            code, message, details = ERROR_PLUGIN[0], f"{type(e).__name__}: {e}", traceback.format_exc()
+            self.log_error(f"Transfers: job {record.id} ({record.type}) failed: {message}\n{details}")
+        with self._lock:
+            record.fail(self.clock(), code, message, details)
+
+    def _cleanup(self, record: JobRecord, reason: str) -> None:
+        try:
+            self.job_types[record.type].cleanup(record, reason)
+        except Exception as e:  # noqa: BLE001 - reported, and the engine goes on
+            self.log_error(f"Transfers: cleanup of job {record.id} ({reason}) failed: {e}")
+
+    def _cleanup_async(self, record: JobRecord, reason: str) -> None:
+        threading.Thread(target=self._cleanup, args=(record, reason), daemon=True,
+                         name=f"transfers-cleanup-{record.id[:8]}").start()
+
+    def _trim_history(self) -> None:
+        with self._lock:
+            finished = sorted((r for r in self._jobs.values() if r.state in (SUCCESS, FAILURE)),
+                              key=lambda r: (r.completion_time or 0, r.sequence))
+            excess = finished[:max(0, len(finished) - self.history_size)]
+            for r in excess:
+                del self._jobs[r.id]
+        for r in excess:
+            self._cleanup(r, "discarded")
+
+    # -- persistence ---------------------------------------------------------------------------------
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+
+    def _save(self) -> None:
+        if self.store is None:
+            return
+        with self._save_lock:  # snapshots are written in the order they are taken
+            with self._lock:
+                snapshot = copy.deepcopy(
+                    [r.to_persisted() for r in sorted(self._jobs.values(), key=lambda r: r.sequence)])
+                self._dirty = False
+                self._last_save = time.monotonic()
+            try:
+                self.store.save(snapshot)
+            except Exception as e:  # noqa: BLE001 - the jobs go on; the log says state was not saved
+                self._dirty = True
+                self.log_error(f"Transfers: cannot save the jobs: {e}")

@@ -1,0 +1,359 @@
+"""The ``PullTransfer`` job: look up resources at a peer, download buckets, verify, commit all or nothing.
+
+Phases, each recorded in the job's resume state so that a pause, a restart of Orthanc or a resubmit goes
+on from where it stopped:
+
+1. lookup: ``POST /transfers/lookup`` at the peer (instances, sizes, MD5s, the peer's Originator);
+2. download: pull buckets planned with our ``BucketSize``, fetched by ``Threads`` workers over kept-alive
+   connections, decoded as they stream in and written into the download area; each instance is verified
+   (size and MD5) as soon as its last bucket is in, and its buckets are fetched again if it is wrong;
+3. commit: every instance read back, checked again and stored in Orthanc by ``CommitThreadsCount``
+   workers. If one cannot be stored, the instances this job created are deleted again.
+"""
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from .. import codec as codecs
+from ..commitment import CommitmentError, check_bytes
+from ..config import PeerConfig, TransfersConfig
+from ..download_area import DownloadArea, instances_of
+from ..errors import BadRequest, CorruptedFile, NetworkProtocol, NotFound, TransfersError
+from ..planner import chunks_uri, pull_buckets
+from ..protocol import InstanceInfo, TransferQuery, dumps_compact, parse_json_body, round_mb
+from ..transport import HttpAnswer, PeerError, PeerTransport, check_answer, describe_network_error
+from .engine import JobContext
+from .model import JobRecord
+
+JOB_TYPE = "PullTransfer"
+STREAM_PIECE = 256 * 1024
+
+
+def progress(completed: int, scheduled: int) -> float:
+    """The C++ plugin's progress while buckets move: (1 + completed) / (2 + scheduled)."""
+    return (1 + completed) / (2 + scheduled)
+
+
+def network_speed_kbs(n_bytes: int, seconds: float) -> int:
+    ms = seconds * 1000
+    return 0 if ms < 10 else int(n_bytes * 1000 / (1024 * ms))
+
+
+class PullJobType:
+    name = JOB_TYPE
+
+    def __init__(self, config: TransfersConfig, peers: Callable[[], Dict[str, PeerConfig]],
+                 transport: PeerTransport, store: Any, download_root: Path,
+                 log_info: Callable[[str], None] = lambda m: None,
+                 log_warning: Callable[[str], None] = lambda m: None):
+        self.config = config
+        self.peers = peers
+        self.transport = transport
+        self.store = store
+        self.download_root = Path(download_root)
+        self.log_info = log_info
+        self.log_warning = log_warning
+
+    def area_for(self, record: JobRecord, instances: List[InstanceInfo]) -> DownloadArea:
+        return DownloadArea(self.download_root / record.id, instances)
+
+    # -- the job -------------------------------------------------------------------------------------
+
+    def run(self, ctx: JobContext) -> None:
+        query = TransferQuery.from_json(ctx.parameters)
+        peer = self.peers().get(query.peer)
+        if peer is None:
+            raise NotFound(f"Peer {query.peer!r} is not configured any more")
+        content: Dict[str, Any] = {"Resources": [r.to_json() for r in query.resources], "Peer": query.peer,
+                                   "Compression": query.compression}
+        if query.originator is not None:
+            content["Originator"] = query.originator
+        ctx.update_content(**content)
+        state = ctx.resume_state
+
+        if "Instances" not in state:
+            instances = self.lookup(ctx, query, peer)
+            ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=self.config.bucket_size_kb,
+                                    DoneBuckets=[], Verified=[], DownloadedBytes=0, Imported=[], Created=[])
+            ctx.save_now()
+        instances = [InstanceInfo.from_json(i) for i in state["Instances"]]
+        total = sum(i.size for i in instances)
+        ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(total))
+        if not instances:
+            ctx.update_content(CompletedHttpQueries=0, DownloadedSizeMB=0, NetworkSpeedKBs=0)
+            return
+        buckets = pull_buckets([(i.id, i.size) for i in instances], state["BucketSizeKB"], peer.url,
+                               query.compression)
+        area = self.area_for(ctx.record, instances)
+        if area.prepare() and state.get("DoneBuckets"):
+            self.log_warning(f"Transfers: job {ctx.id}: the download area was lost, downloading everything again")
+            ctx.update_resume_state(DoneBuckets=[], Verified=[])
+        if len(state["Verified"]) < len(instances):
+            self.download(ctx, query, peer, instances, buckets, area)
+        self.commit(ctx, instances, area)
+
+    def lookup(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig) -> List[InstanceInfo]:
+        body = dumps_compact([r.to_json() for r in query.resources])
+        answer = self.transport.call(peer, "POST", "/transfers/lookup", body=body, stop_event=ctx.stop_event,
+                                     headers=self.headers(query, json_body=True), expect_json=True)
+        ctx.check()
+        try:
+            return parse_lookup_answer(answer.content, query.originator, peer)
+        except BadRequest as e:
+            raise NetworkProtocol(f"Peer {peer.name!r} gave a bad lookup answer: {e.message}") from None
+
+    @staticmethod
+    def headers(query: TransferQuery, json_body: bool = False) -> Dict[str, str]:
+        headers = {"sender-transfer-id": query.sender_transfer_id or ""}
+        if json_body:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    # -- download ------------------------------------------------------------------------------------
+
+    def download(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, instances: List[InstanceInfo],
+                 buckets: list, area: DownloadArea) -> None:
+        state = ctx.resume_state
+        lock = threading.Lock()
+        done: Set[int] = set(state["DoneBuckets"])
+        verified: Set[str] = set(state["Verified"])
+        carried = instances_of(buckets)
+        buckets_of: Dict[str, Set[int]] = {i.id: set() for i in instances}
+        for index, ids in carried.items():
+            for iid in ids:
+                buckets_of[iid].add(index)
+        # Instances whose buckets are all in but that were not verified yet (e.g. stopped in between).
+        pending_check = [i.id for i in instances if i.id not in verified and buckets_of[i.id] <= done]
+        work: "queue.Queue[int]" = queue.Queue()
+        for index in range(len(buckets)):
+            if index not in done:
+                work.put(index)
+        md5_failures: Dict[str, int] = {}
+        failure: List[BaseException] = []
+        abort = threading.Event()
+        downloaded = [int(state.get("DownloadedBytes", 0))]
+        started = time.monotonic()
+        last_completion = [started]
+        moved_this_run = [0]
+        codec = codecs.get_codec(query.compression)
+
+        def publish() -> None:
+            with lock:
+                ctx.update_resume_state(DoneBuckets=sorted(done), Verified=sorted(verified),
+                                        DownloadedBytes=downloaded[0])
+                ctx.update_content(CompletedHttpQueries=len(done), DownloadedSizeMB=round_mb(downloaded[0]),
+                                   NetworkSpeedKBs=network_speed_kbs(moved_this_run[0],
+                                                                     last_completion[0] - started))
+                ctx.set_progress(progress(len(done), len(buckets)))
+
+        def check_instances(ids: List[str]) -> None:
+            for iid in ids:
+                try:
+                    area.verify(iid)
+                except CommitmentError as e:
+                    with lock:
+                        md5_failures[iid] = md5_failures.get(iid, 0) + 1
+                        again = md5_failures[iid] <= self.config.max_http_retries
+                        if again:
+                            for index in buckets_of[iid]:
+                                done.discard(index)
+                                work.put(index)
+                    if not again:
+                        raise CorruptedFile(f"Instance {iid} arrived corrupted: {e.message}") from None
+                    self.log_warning(f"Transfers: job {ctx.id}: {e.message}; fetching its buckets again")
+                    continue
+                with lock:
+                    verified.add(iid)
+
+        def fetch(index: int) -> None:
+            bucket = buckets[index]
+            uri = chunks_uri(bucket, query.compression)
+            with lock:
+                skip = set(verified)
+            response = self.transport.stream(peer, uri)
+            try:
+                if response.status_code != 200:
+                    raise check_answer(peer, "GET", uri,
+                                       HttpAnswer(response.status_code, response.headers, response.content), False)
+                writer = area.writer(bucket, skip)
+                decoder = codec.decoder(bucket.total_size)
+                received = 0
+                try:
+                    for piece in response.iter_content(STREAM_PIECE):
+                        if ctx.stop_event.is_set() or abort.is_set():
+                            return
+                        received += len(piece)
+                        writer.write(decoder.update(piece))
+                    writer.write(decoder.finish())
+                finally:
+                    writer.close(complete=False)
+                if writer.position != bucket.total_size:
+                    raise NetworkProtocol(f"Bucket {index} from peer {peer.name!r} has {writer.position} bytes "
+                                          f"instead of {bucket.total_size}")
+            finally:
+                response.close()
+            with lock:
+                done.add(index)
+                downloaded[0] += received
+                moved_this_run[0] += received
+                last_completion[0] = time.monotonic()
+                complete = [iid for iid in carried[index]
+                            if iid not in verified and buckets_of[iid] <= done]
+            check_instances(complete)
+            publish()
+
+        def worker() -> None:
+            while not (ctx.stop_event.is_set() or abort.is_set()):
+                try:
+                    index = work.get_nowait()
+                except queue.Empty:
+                    return
+                attempt = 0
+                while True:
+                    try:
+                        fetch(index)
+                        break
+                    except CorruptedFile as e:
+                        failure.append(e)
+                        abort.set()
+                        return
+                    except Exception as e:  # noqa: BLE001 - network, codec or disk: retried, then reported
+                        if ctx.stop_event.is_set() or abort.is_set():
+                            return
+                        error = as_transfer_error(peer, e)
+                        retryable = getattr(error, "retryable", True)
+                        if not retryable or attempt >= self.config.max_http_retries:
+                            failure.append(error)
+                            abort.set()
+                            return
+                        delay = min(10.0, 2.0 ** attempt)
+                        attempt += 1
+                        self.log_warning(f"Transfers: job {ctx.id}: bucket {index} failed ({error}); "
+                                         f"attempt {attempt + 1} in {delay:.0f} s")
+                        if ctx.stop_event.wait(delay):
+                            return
+
+        if pending_check:
+            check_instances(pending_check)
+        publish()
+        while not work.empty() and not failure:
+            threads = [threading.Thread(target=worker, name=f"transfers-pull-{ctx.id[:8]}-{n}", daemon=True)
+                       for n in range(min(self.config.threads, work.qsize()))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ctx.check()
+            # Buckets put back by a failed MD5 check after the workers ended: go round again.
+        publish()
+        if failure:
+            raise failure[0]
+        ctx.check()
+        missing = [i.id for i in instances if i.id not in verified]
+        if missing:
+            raise NetworkProtocol(f"{len(missing)} instance(s) could not be downloaded, e.g. {missing[0]}")
+
+    # -- commit --------------------------------------------------------------------------------------
+
+    def commit(self, ctx: JobContext, instances: List[InstanceInfo], area: DownloadArea) -> None:
+        state = ctx.resume_state
+        lock = threading.Lock()
+        imported: Set[str] = set(state.get("Imported", []))
+        created: List[str] = list(state.get("Created", []))
+        work: "queue.Queue[InstanceInfo]" = queue.Queue()
+        for info in instances:
+            if info.id not in imported:
+                work.put(info)
+        failure: List[BaseException] = []
+
+        def worker() -> None:
+            while not failure and not ctx.stop_event.is_set():
+                try:
+                    info = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    data = area.read(info.id)
+                    check_bytes(data, info)
+                    answer = self.store.store_instance(data)
+                    del data
+                    stored_id = answer.get("ID")
+                    with lock:
+                        if answer.get("Status") == "Success":
+                            created.append(stored_id)
+                        if stored_id != info.id:
+                            raise CorruptedFile(f"Orthanc stored instance {info.id} under the ID {stored_id}")
+                        imported.add(info.id)
+                        ctx.update_resume_state(Imported=sorted(imported), Created=list(created))
+                except Exception as e:  # noqa: BLE001 - the first error ends the commit, then rollback
+                    with lock:
+                        failure.append(e)
+                    return
+
+        threads = [threading.Thread(target=worker, name=f"transfers-commit-{ctx.id[:8]}-{n}", daemon=True)
+                   for n in range(max(1, min(self.config.commit_threads_count, work.qsize())))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ctx.save_now()
+        if failure:
+            self.rollback(ctx.record)
+            error = failure[0]
+            if isinstance(error, TransfersError):
+                raise error
+            raise CorruptedFile(f"Importing the transfer into Orthanc failed: {error}") from error
+        ctx.check()
+
+    def rollback(self, record: JobRecord) -> None:
+        """Deletes the instances this job created, so that a failed or canceled transfer leaves nothing."""
+        created = list(record.resume_state.get("Created", []))
+        for instance_id in created:
+            try:
+                self.store.delete_instance(instance_id)
+            except NotFound:
+                pass
+        if created:
+            self.log_warning(f"Transfers: job {record.id}: {len(created)} imported instance(s) deleted again")
+        record.resume_state["Created"] = []
+        record.resume_state["Imported"] = []
+
+    # -- end of the job ------------------------------------------------------------------------------
+
+    def cleanup(self, record: JobRecord, reason: str) -> None:
+        instances = [InstanceInfo.from_json(i) for i in record.resume_state.get("Instances", [])]
+        area = self.area_for(record, instances)
+        if reason == "canceled":
+            self.rollback(record)
+        if reason in ("success", "canceled", "discarded"):
+            area.remove()
+            if reason != "success":
+                record.resume_state.clear()
+
+
+def as_transfer_error(peer: PeerConfig, e: Exception) -> Exception:
+    """Network exceptions of ``requests`` as a PeerError that names the peer; others unchanged."""
+    if isinstance(e, TransfersError):
+        return e
+    if type(e).__module__.split(".")[0] in ("requests", "urllib3"):
+        return PeerError(describe_network_error(peer, e))
+    return e
+
+
+def parse_lookup_answer(body: bytes, expected_originator: Optional[str], peer: PeerConfig) -> List[InstanceInfo]:
+    answer = parse_json_body(body, "lookup answer")
+    if not isinstance(answer, dict) or not isinstance(answer.get("Instances"), list) \
+            or not isinstance(answer.get("Originator"), str):
+        raise BadRequest("the answer needs an Instances array and an Originator string")
+    if expected_originator is not None and answer["Originator"] != expected_originator:
+        raise BadRequest(f"invalid originator {answer['Originator']!r}, expected {expected_originator!r}: "
+                         f"peer {peer.name!r} is not the server that asked for this transfer")
+    instances = [InstanceInfo.from_json(x, f"Instances[{n}]") for n, x in enumerate(answer["Instances"])]
+    ids = [i.id for i in instances]
+    if len(set(ids)) != len(ids):
+        raise BadRequest("an instance is listed twice")
+    return sorted(instances, key=lambda i: i.id)
+
