@@ -39,7 +39,7 @@ class Application:
                                     api.log_info, api.log_warning)
         store = GlobalPropertyJobStore(api.get_global_property, api.set_global_property) if config.save_jobs else None
         self.engine = JobEngine({self.pull_job.name: self.pull_job}, store, config.concurrent_jobs,
-                                config.jobs_history_size, api.log_info, api.log_error)
+                                config.jobs_history_size, api.log_info, api.log_error, log_warning=api.log_warning)
         self.router = Router(api.log_error)
         build_source_routes(self.router, self)
         build_transfer_routes(self.router, self)

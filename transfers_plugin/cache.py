@@ -69,18 +69,23 @@ class InstanceCache:
             result = self._loader(instance_id)
         except BaseException as e:
             with self._lock:
-                del self._loading[instance_id]
+                self._forget_loading(instance_id, loading)
             loading.error = e
             loading.done.set()
             raise
         with self._lock:
-            del self._loading[instance_id]
+            self._forget_loading(instance_id, loading)
             self.misses += 1
             if not loading.stale:
                 self._insert(result)
         loading.result = result
         loading.done.set()
         return result
+
+    def _forget_loading(self, instance_id: str, loading: _Loading) -> None:
+        # An invalidation already dropped a stale load, and a newer load may have taken its place.
+        if self._loading.get(instance_id) is loading:
+            del self._loading[instance_id]
 
     def _insert(self, entry: CachedInstance) -> None:
         while self._entries and self.used_bytes + entry.size > self.capacity:
@@ -92,7 +97,7 @@ class InstanceCache:
     def invalidate(self, instance_id: str) -> None:
         """Forgets an instance (it was deleted or replaced in Orthanc)."""
         with self._lock:
-            loading = self._loading.get(instance_id)
+            loading = self._loading.pop(instance_id, None)  # later requests load again, not join it
             if loading is not None:
                 loading.stale = True
             old = self._entries.pop(instance_id, None)
@@ -103,6 +108,7 @@ class InstanceCache:
         with self._lock:
             for loading in self._loading.values():
                 loading.stale = True
+            self._loading.clear()
             self._entries.clear()
             self.used_bytes = 0
 

@@ -202,8 +202,8 @@ def parse_peers(value: Any, problems: List[str]) -> Dict[str, PeerConfig]:
 def parse_peer(name: str, item: Any, problems: List[str]) -> Optional[PeerConfig]:
     where = f"OrthancPeers.{name}"
     if isinstance(item, list):
-        if len(item) not in (1, 3) or not all(isinstance(x, str) for x in item):
-            problems.append(f"{where} must be [url] or [url, username, password], all strings")
+        if len(item) not in (1, 3) or not all(isinstance(x, str) for x in item) or not item[0]:
+            problems.append(f"{where} must be [url] or [url, username, password], all strings, the URL not empty")
             return None
         if len(item) == 1:
             return PeerConfig(name, normalize_url(item[0]))

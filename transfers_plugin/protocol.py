@@ -51,7 +51,7 @@ def parse_json_body(body: bytes, what: str = "request body") -> Any:
 def parse_decimal(value: Any, what: str, maximum: int = MAX_UINT64) -> int:
     """An unsigned decimal integer written as a JSON string (or a query argument)."""
     if not isinstance(value, str):
-        raise BadFileFormat(f"{what} must be a string holding a decimal integer, not {json.dumps(value)}")
+        raise BadFileFormat(f"{what} must be a string holding a decimal integer, not {json.dumps(value, default=repr)}")
     if not _DECIMAL.fullmatch(value):
         raise BadFileFormat(f"{what} must be an unsigned decimal integer, not {json.dumps(value)}")
     n = int(value)

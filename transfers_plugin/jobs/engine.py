@@ -135,13 +135,15 @@ class JobEngine:
     def __init__(self, job_types: Dict[str, JobType], store: Optional[JobStore] = None,
                  concurrent_jobs: int = 2, history_size: int = 10,
                  log_info: Callable[[str], None] = lambda m: None,
-                 log_error: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.time):
+                 log_error: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.time,
+                 log_warning: Optional[Callable[[str], None]] = None):
         self.job_types = job_types
         self.store = store
         self.concurrent_jobs = max(1, concurrent_jobs)
         self.history_size = max(0, history_size)
         self.log_info = log_info
         self.log_error = log_error
+        self.log_warning = log_warning or log_info
         self.clock = clock
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -172,7 +174,7 @@ class JobEngine:
             if self._jobs:
                 self._sequence = itertools.count(max(r.sequence for r in self._jobs.values()) + 1)
                 unfinished = sum(1 for r in self._jobs.values() if not r.finished)
-                self.log_info(f"Transfers: {len(self._jobs)} saved job(s) loaded, {unfinished} unfinished")
+                self.log_warning(f"Transfers: {len(self._jobs)} saved job(s) loaded, {unfinished} unfinished")
         with self._lock:
             self._running = True
         self._scheduler = threading.Thread(target=self._schedule, name="transfers-jobs", daemon=True)

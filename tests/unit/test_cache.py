@@ -1,0 +1,337 @@
+"""Source instance cache (protocol.md section 11): LRU by bytes, one load per missing instance, invalidation."""
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from typing import Dict, List
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transfers_plugin.cache import CachedInstance, InstanceCache
+
+WAIT = 10  # seconds; only reached when something is broken
+
+
+class Loader:
+    """Returns ``size`` bytes for an ID from a table, counting the calls."""
+
+    def __init__(self, sizes: Dict[str, int]):
+        self.sizes = sizes
+        self.calls: List[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, instance_id: str) -> CachedInstance:
+        with self.lock:
+            self.calls.append(instance_id)
+        return CachedInstance.from_bytes(instance_id, instance_id[:1].encode() * self.sizes[instance_id])
+
+
+class BlockingLoader:
+    """Blocks every call until ``release`` is set; ``entered`` is set as soon as a call starts."""
+
+    def __init__(self, data: bytes = b"payload", error: BaseException = None):
+        self.data = data
+        self.error = error
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, instance_id: str) -> CachedInstance:
+        with self.lock:
+            self.calls += 1
+        self.entered.set()
+        assert self.release.wait(WAIT), "the test never released the loader"
+        if self.error is not None:
+            raise self.error
+        return CachedInstance.from_bytes(instance_id, self.data)
+
+
+def run_threads(n: int, target) -> List[threading.Thread]:
+    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def join_all(threads) -> None:
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive(), "a thread is stuck"
+
+
+# --- CachedInstance ------------------------------------------------------------------------------------
+
+def test_cached_instance_md5_and_size():
+    e = CachedInstance.from_bytes("i", b"Hello")
+    assert e.md5 == "8b1a9953c4611296a827abf8c47804d7"  # protocol.md appendix A
+    assert e.size == 5
+    assert CachedInstance.from_bytes("e", b"").md5 == hashlib.md5(b"").hexdigest()
+
+
+@pytest.mark.parametrize("capacity", [0, -1])
+def test_capacity_must_be_positive(capacity):
+    with pytest.raises(ValueError):
+        InstanceCache(capacity, Loader({}))
+
+
+# --- LRU by bytes --------------------------------------------------------------------------------------
+
+def test_lru_eviction_by_bytes():
+    loader = Loader({"a": 4, "b": 4, "c": 4, "d": 2})
+    cache = InstanceCache(10, loader)
+    cache.get("a")
+    cache.get("b")
+    assert cache.used_bytes == 8 and len(cache) == 2
+    cache.get("a")  # hit: "a" becomes the most recent, "b" the least
+    cache.get("c")  # 12 > 10: "b" goes
+    assert "b" not in cache and "a" in cache and "c" in cache
+    assert cache.used_bytes == 8
+    cache.get("d")  # 8 + 2 = 10 fits exactly
+    assert {"a", "c", "d"} == {i for i in "abcd" if i in cache}
+    assert cache.used_bytes == 10
+    assert loader.calls == ["a", "b", "c", "d"]
+
+
+def test_eviction_removes_as_many_as_needed():
+    cache = InstanceCache(10, Loader({"a": 3, "b": 3, "c": 3, "d": 9}))
+    for i in "abc":
+        cache.get(i)
+    cache.get("d")
+    assert len(cache) == 1 and "d" in cache and cache.used_bytes == 9
+
+
+def test_entry_larger_than_capacity_is_kept_alone():
+    cache = InstanceCache(10, Loader({"a": 3, "b": 3, "big": 25, "c": 1}))
+    cache.get("a")
+    cache.get("b")
+    big = cache.get("big")
+    assert big.size == 25
+    assert len(cache) == 1 and "big" in cache and cache.used_bytes == 25
+    assert cache.get("big") is big and cache.hits == 1
+    cache.get("c")  # the oversized entry goes to make room
+    assert len(cache) == 1 and "c" in cache and cache.used_bytes == 1
+
+
+def test_hit_and_miss_counters():
+    loader = Loader({"a": 1, "b": 1})
+    cache = InstanceCache(100, loader)
+    assert (cache.hits, cache.misses) == (0, 0)
+    first = cache.get("a")
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert cache.get("a") is first
+    assert cache.get("a") is first
+    assert (cache.hits, cache.misses) == (2, 1)
+    cache.get("b")
+    assert (cache.hits, cache.misses) == (2, 2)
+    assert loader.calls == ["a", "b"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=40),
+       st.lists(st.sampled_from("abcdefgh"), max_size=40),
+       st.dictionaries(st.sampled_from("abcdefgh"), st.integers(min_value=0, max_value=30), min_size=8))
+def test_lru_against_a_model(capacity, accesses, sizes):
+    loader = Loader(sizes)
+    cache = InstanceCache(capacity, loader)
+    model: OrderedDict[str, int] = OrderedDict()
+    loads = hits = 0
+    for i in accesses:
+        if i in model:
+            model.move_to_end(i)
+            hits += 1
+        else:
+            loads += 1
+            while model and sum(model.values()) + sizes[i] > capacity:
+                model.popitem(last=False)
+            model[i] = sizes[i]
+        entry = cache.get(i)
+        assert entry.id == i and entry.size == sizes[i]
+        assert [k for k in "abcdefgh" if k in cache] == sorted(model)
+        assert cache.used_bytes == sum(model.values())
+    assert len(loader.calls) == loads == cache.misses
+    assert cache.hits == hits
+
+
+# --- concurrency ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_threads", [8, 16])
+def test_one_load_for_many_concurrent_requests(n_threads):
+    loader = BlockingLoader(b"x" * 1000)
+    cache = InstanceCache(10_000, loader)
+    start = threading.Barrier(n_threads)
+    results = [None] * n_threads
+
+    def worker(k):
+        start.wait(WAIT)
+        results[k] = cache.get("same")
+
+    threads = run_threads(n_threads, worker)
+    assert loader.entered.wait(WAIT)
+    time.sleep(0.3)  # every thread passed the barrier at once: let them all reach the cache
+    assert loader.calls == 1
+    loader.release.set()
+    join_all(threads)
+    assert loader.calls == 1
+    assert all(r is results[0] for r in results)
+    assert results[0].data == b"x" * 1000
+    assert cache.misses == 1
+    assert "same" in cache and cache.used_bytes == 1000
+
+
+def test_concurrent_requests_for_different_instances_load_in_parallel():
+    loader = BlockingLoader()
+    cache = InstanceCache(10_000, loader)
+    threads = run_threads(4, lambda k: cache.get(f"id{k}"))
+    deadline = time.monotonic() + WAIT
+    while loader.calls < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert loader.calls == 4  # nobody waits for another instance's load
+    loader.release.set()
+    join_all(threads)
+    assert len(cache) == 4
+
+
+def test_loader_error_propagates_to_all_waiters_and_is_not_cached():
+    error = RuntimeError("cannot read the file")
+    loader = BlockingLoader(error=error)
+    cache = InstanceCache(10_000, loader)
+    n = 10
+    start = threading.Barrier(n)
+    outcomes = [None] * n
+
+    def worker(k):
+        start.wait(WAIT)
+        try:
+            outcomes[k] = cache.get("bad")
+        except RuntimeError as e:
+            outcomes[k] = e
+
+    threads = run_threads(n, worker)
+    assert loader.entered.wait(WAIT)
+    time.sleep(0.3)
+    loader.release.set()
+    join_all(threads)
+    assert loader.calls == 1
+    assert all(isinstance(o, RuntimeError) and str(o) == "cannot read the file" for o in outcomes)
+    assert "bad" not in cache and len(cache) == 0 and cache.used_bytes == 0
+    assert cache.misses == 0
+    # the next request tries again, and succeeds once the file can be read
+    loader.error = None
+    assert cache.get("bad").data == b"payload"
+    assert loader.calls == 2 and "bad" in cache
+
+
+def test_invalidate_during_a_load_prevents_caching_stale_bytes():
+    loader = BlockingLoader(b"old bytes")
+    cache = InstanceCache(10_000, loader)
+    got = []
+    t = threading.Thread(target=lambda: got.append(cache.get("i")), daemon=True)
+    t.start()
+    assert loader.entered.wait(WAIT)
+    cache.invalidate("i")  # deleted in Orthanc while being read
+    loader.release.set()
+    join_all([t])
+    assert got[0].data == b"old bytes"  # the caller that asked before the deletion still gets an answer
+    assert "i" not in cache and cache.used_bytes == 0
+    loader.data = b"new bytes"
+    assert cache.get("i").data == b"new bytes"
+    assert loader.calls == 2 and "i" in cache
+
+
+class VersionedLoader:
+    """The first call blocks until released and returns the old bytes; later calls return the new bytes."""
+
+    def __init__(self):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, instance_id: str) -> CachedInstance:
+        with self.lock:
+            self.calls += 1
+            first = self.calls == 1
+        if first:
+            self.entered.set()
+            assert self.release.wait(WAIT), "the test never released the loader"
+            return CachedInstance.from_bytes(instance_id, b"old bytes")
+        return CachedInstance.from_bytes(instance_id, b"new bytes")
+
+
+@pytest.mark.parametrize("forget", ["invalidate", "clear"])
+def test_a_request_after_invalidation_does_not_join_the_stale_load(forget):
+    # The instance is deleted (and perhaps stored again) while an older read of it is in progress: a request
+    # made after the deletion must read the instance again, not get the bytes of the older read.
+    loader = VersionedLoader()
+    cache = InstanceCache(10_000, loader)
+    got = []
+    t = threading.Thread(target=lambda: got.append(cache.get("i")), daemon=True)
+    t.start()
+    assert loader.entered.wait(WAIT)
+    if forget == "invalidate":
+        cache.invalidate("i")
+    else:
+        cache.clear()
+    later = []
+    t2 = threading.Thread(target=lambda: later.append(cache.get("i")), daemon=True)
+    t2.start()
+    t2.join(2)
+    try:
+        assert not t2.is_alive(), "the later request waited for the stale load"
+        assert later[0].data == b"new bytes"
+    finally:
+        loader.release.set()
+        join_all([t, t2])
+    assert got[0].data == b"old bytes"
+    assert loader.calls == 2
+    assert cache.get("i").data == b"new bytes"  # the stale load, ending last, did not replace the new entry
+    assert cache.used_bytes == len(b"new bytes") and len(cache) == 1
+
+
+def test_clear_during_a_load_prevents_caching():
+    loader = BlockingLoader(b"data")
+    cache = InstanceCache(10_000, loader)
+    t = threading.Thread(target=lambda: cache.get("i"), daemon=True)
+    t.start()
+    assert loader.entered.wait(WAIT)
+    cache.clear()
+    loader.release.set()
+    join_all([t])
+    assert len(cache) == 0 and cache.used_bytes == 0
+
+
+def test_invalidate_of_another_instance_during_a_load_changes_nothing():
+    loader = BlockingLoader(b"data")
+    cache = InstanceCache(10_000, loader)
+    t = threading.Thread(target=lambda: cache.get("i"), daemon=True)
+    t.start()
+    assert loader.entered.wait(WAIT)
+    cache.invalidate("other")
+    loader.release.set()
+    join_all([t])
+    assert "i" in cache
+
+
+# --- invalidate and clear ------------------------------------------------------------------------------
+
+def test_invalidate_and_clear():
+    loader = Loader({"a": 5, "b": 7})
+    cache = InstanceCache(100, loader)
+    cache.get("a")
+    cache.get("b")
+    assert cache.used_bytes == 12
+    cache.invalidate("a")
+    assert "a" not in cache and "b" in cache and cache.used_bytes == 7
+    cache.invalidate("a")  # twice is harmless
+    cache.invalidate("never-loaded")
+    assert cache.used_bytes == 7 and len(cache) == 1
+    cache.get("a")
+    assert loader.calls == ["a", "b", "a"]
+    cache.clear()
+    assert len(cache) == 0 and cache.used_bytes == 0
+    cache.get("b")
+    assert loader.calls == ["a", "b", "a", "b"] and cache.used_bytes == 7
