@@ -185,7 +185,8 @@ class JobEngine:
         with self._lock:
             self._running = False
             for context in self._contexts.values():
-                context.record.stop_request = STOP_SHUTDOWN
+                if context.record.stop_request is None:  # a pause or cancel asked before is kept
+                    context.record.stop_request = STOP_SHUTDOWN
                 context.stop_event.set()
             self._wake.notify_all()
             threads = list(self._threads.values())

@@ -187,12 +187,21 @@ class PullJobType:
                             return
                         received += len(piece)
                         writer.write(decoder.update(piece))
+                    announced = response.headers.get("Content-Length")
+                    if announced is not None and announced.isdigit() and received < int(announced):
+                        raise PeerError(f"Peer {peer.name!r} ({peer.url}) closed the connection after {received} "
+                                        f"of the {announced} bytes of bucket {index}")
                     writer.write(decoder.finish())
                 finally:
                     writer.close(complete=False)
                 if writer.position != bucket.total_size:
                     raise NetworkProtocol(f"Bucket {index} from peer {peer.name!r} has {writer.position} bytes "
                                           f"instead of {bucket.total_size}")
+            except TransfersError as e:
+                if isinstance(e, (PeerError, CorruptedFile)):
+                    raise
+                raise NetworkProtocol(f"Bucket {index} from peer {peer.name!r} ({peer.url}) is damaged: {e.message}"
+                                      ) from None
             finally:
                 response.close()
             with lock:
