@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from .. import codec as codecs
-from ..commitment import CommitmentError, check_bytes
+from ..commitment import CommitmentError
 from ..config import PeerConfig, TransfersConfig
 from ..download_area import DownloadArea, instances_of
 from ..errors import BadRequest, CorruptedFile, NetworkProtocol, NotFound, TransfersError
+from ..importer import import_instances, rollback
 from ..planner import chunks_uri, pull_buckets
 from ..protocol import InstanceInfo, TransferQuery, dumps_compact, parse_json_body, round_mb
 from ..transport import HttpAnswer, PeerError, PeerTransport, check_answer, describe_network_error
@@ -269,64 +270,31 @@ class PullJobType:
 
     def commit(self, ctx: JobContext, instances: List[InstanceInfo], area: DownloadArea) -> None:
         state = ctx.resume_state
-        lock = threading.Lock()
         imported: Set[str] = set(state.get("Imported", []))
         created: List[str] = list(state.get("Created", []))
-        work: "queue.Queue[InstanceInfo]" = queue.Queue()
-        for info in instances:
-            if info.id not in imported:
-                work.put(info)
-        failure: List[BaseException] = []
+        lock = threading.Lock()
 
-        def worker() -> None:
-            while not failure and not ctx.stop_event.is_set():
-                try:
-                    info = work.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    data = area.read(info.id)
-                    check_bytes(data, info)
-                    answer = self.store.store_instance(data)
-                    del data
-                    stored_id = answer.get("ID")
-                    with lock:
-                        if answer.get("Status") == "Success":
-                            created.append(stored_id)
-                        if stored_id != info.id:
-                            raise CorruptedFile(f"Orthanc stored instance {info.id} under the ID {stored_id}")
-                        imported.add(info.id)
-                        ctx.update_resume_state(Imported=sorted(imported), Created=list(created))
-                except Exception as e:  # noqa: BLE001 - the first error ends the commit, then rollback
-                    with lock:
-                        failure.append(e)
-                    return
+        def on_imported(instance_id: str, new: bool) -> None:
+            with lock:
+                imported.add(instance_id)
+                ctx.update_resume_state(Imported=sorted(imported), Created=list(created))
 
-        threads = [threading.Thread(target=worker, name=f"transfers-commit-{ctx.id[:8]}-{n}", daemon=True)
-                   for n in range(max(1, min(self.config.commit_threads_count, work.qsize())))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        ctx.save_now()
-        if failure:
-            self.rollback(ctx.record)
-            error = failure[0]
-            if isinstance(error, TransfersError):
-                raise error
-            raise CorruptedFile(f"Importing the transfer into Orthanc failed: {error}") from error
+        try:
+            import_instances(area, instances, self.store, self.config.commit_threads_count, ctx.stop_event,
+                             imported, created, on_imported)
+        except Exception:
+            ctx.update_resume_state(Imported=[], Created=[])
+            raise
+        finally:
+            ctx.save_now()
         ctx.check()
 
     def rollback(self, record: JobRecord) -> None:
-        """Deletes the instances this job created, so that a failed or canceled transfer leaves nothing."""
+        """Deletes the instances this job created, so that a canceled transfer leaves nothing."""
         created = list(record.resume_state.get("Created", []))
-        for instance_id in created:
-            try:
-                self.store.delete_instance(instance_id)
-            except NotFound:
-                pass
-        if created:
-            self.log_warning(f"Transfers: job {record.id}: {len(created)} imported instance(s) deleted again")
+        deleted = rollback(self.store, created)
+        if deleted:
+            self.log_warning(f"Transfers: job {record.id}: {deleted} imported instance(s) deleted again")
         record.resume_state["Created"] = []
         record.resume_state["Imported"] = []
 

@@ -1,0 +1,91 @@
+"""Commit: verified instances of a download area stored into Orthanc, all of them or none.
+
+``store`` is the Orthanc boundary (``store_instance(bytes) -> answer of POST /instances``,
+``delete_instance(id)``).
+
+Each instance is read back, checked once more (size and MD5) and stored with ``POST /instances`` by
+``threads`` workers. Orthanc's answer must name the expected instance ID. If any instance fails, the
+instances this commit created (not those Orthanc already had) are deleted again, and the error is raised.
+"""
+
+import queue
+import threading
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Set
+
+from .commitment import check_bytes
+from .download_area import DownloadArea
+from .errors import CorruptedFile, NotFound, TransfersError
+from .protocol import InstanceInfo
+
+
+def import_instances(area: DownloadArea, instances: Sequence[InstanceInfo], store: Any, threads: int = 1,
+                     stop_event: Optional[threading.Event] = None, already_imported: Iterable[str] = (),
+                     created: Optional[List[str]] = None,
+                     on_imported: Callable[[str, bool], None] = lambda instance_id, new: None) -> List[str]:
+    """Stores every instance not in ``already_imported``; returns the IDs this commit created.
+
+    ``created`` (the IDs created by earlier, interrupted runs of the same commit) is extended as instances
+    are created, so that a rollback removes them too. A set ``stop_event`` stops the workers after the
+    instance each is storing; the caller decides what happens next.
+    """
+    created = created if created is not None else []
+    done: Set[str] = set(already_imported)
+    work: "queue.Queue[InstanceInfo]" = queue.Queue()
+    for info in instances:
+        if info.id not in done:
+            work.put(info)
+    lock = threading.Lock()
+    failures: List[BaseException] = []
+
+    def worker() -> None:
+        while not failures and not (stop_event is not None and stop_event.is_set()):
+            try:
+                info = work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                data = area.read(info.id)
+                check_bytes(data, info)
+                answer = store.store_instance(data)
+                del data
+                stored_id = answer.get("ID")
+                new = answer.get("Status") == "Success"
+                with lock:
+                    if new:
+                        created.append(stored_id)
+                if stored_id != info.id:
+                    raise CorruptedFile(f"Orthanc stored instance {info.id} under another ID, {stored_id}")
+                on_imported(info.id, new)
+            except Exception as e:  # noqa: BLE001 - the first error ends the commit, then the rollback
+                with lock:
+                    failures.append(e)
+                return
+
+    workers = [threading.Thread(target=worker, name=f"transfers-commit-{n}", daemon=True)
+               for n in range(max(1, min(threads, work.qsize())))]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if failures:
+        rollback(store, created)
+        error = failures[0]
+        if isinstance(error, TransfersError):
+            raise error
+        raise CorruptedFile(f"Importing the transfer into Orthanc failed: {error}") from error
+    return created
+
+
+def rollback(store: Any, created: List[str]) -> int:
+    """Deletes the instances of ``created`` (emptied); returns how many were deleted."""
+    deleted = 0
+    while created:
+        instance_id = created.pop()
+        try:
+            store.delete_instance(instance_id)
+            deleted += 1
+        except NotFound:
+            pass
+        except TransfersError:  # go on with the others: leave as little as possible behind
+            continue
+    return deleted
