@@ -12,14 +12,16 @@ from typing import Any, Dict, List, Optional
 from . import PLUGIN_NAME, __version__
 from .codec import get_codec
 from .config import ConfigError, TransfersConfig, merge_registered_peers, parse_configuration
-from .errors import NotFound
+from .errors import NetworkProtocol, NotFound
 from .jobs.engine import JobEngine
 from .jobs.pull import PullJobType
+from .jobs.push import PushJobType
 from .jobs.routes import build_job_routes
 from .jobs.store import GlobalPropertyJobStore
 from .peers import has_transfers_plugin, probe_peers
-from .protocol import TransferQuery
-from .routes import Router, build_source_routes, build_transfer_routes
+from .protocol import TransferQuery, dumps_compact, parse_json_body
+from .receiver import PushReceiver
+from .routes import Router, build_push_routes, build_source_routes, build_transfer_routes
 from .source import Source
 from .transport import PeerTransport
 
@@ -38,12 +40,20 @@ class Application:
         self.pull_job = PullJobType(config, self.peers, self.transport, api, self.download_root,
                                     api.log_info, api.log_warning)
         store = GlobalPropertyJobStore(api.get_global_property, api.set_global_property) if config.save_jobs else None
-        self.engine = JobEngine({self.pull_job.name: self.pull_job}, store, config.concurrent_jobs,
+        self.push_job = PushJobType(config, self.peers, self.transport, self.source, api.log_info, api.log_warning)
+        self.engine = JobEngine({self.pull_job.name: self.pull_job, self.push_job.name: self.push_job}, store,
+                                config.concurrent_jobs,
                                 config.jobs_history_size, api.log_info, api.log_error, log_warning=api.log_warning)
         self.router = Router(api.log_error)
         build_source_routes(self.router, self)
         build_transfer_routes(self.router, self)
         build_job_routes(self.router, self.engine, api)
+        self.receiver: Optional[PushReceiver] = None
+        if config.max_push_transactions > 0:
+            self.receiver = PushReceiver(config.max_push_transactions, self.download_root, api,
+                                         config.commit_threads_count, config.push_transaction_timeout,
+                                         api.log_warning)
+            build_push_routes(self.router, self.receiver)
 
     # -- what the routes need ------------------------------------------------------------------------
 
@@ -68,13 +78,42 @@ class Application:
         return {"ID": PLUGIN_NAME, "Version": __version__, "Description": DESCRIPTION,
                 "ExtendsOrthancExplorer": False}
 
+    def _peer(self, name: str):
+        peer = self.peers().get(name)
+        if peer is None:
+            raise NotFound(f"Unknown peer {name!r}: it is not in OrthancPeers")
+        return peer
+
+    @staticmethod
+    def _with_transfer_id(query: TransferQuery) -> TransferQuery:
+        if query.sender_transfer_id is not None:
+            return query
+        return TransferQuery(query.resources, query.peer, query.compression, query.priority, query.originator,
+                             str(uuid.uuid4()))
+
     def submit_pull(self, query: TransferQuery):
-        if query.peer not in self.peers():
-            raise NotFound(f"Unknown peer {query.peer!r}: it is not in OrthancPeers")
-        if query.sender_transfer_id is None:
-            query = TransferQuery(query.resources, query.peer, query.compression, query.priority,
-                                  query.originator, str(uuid.uuid4()))
+        self._peer(query.peer)
+        query = self._with_transfer_id(query)
         return self.engine.submit(self.pull_job.name, query.to_json(), query.priority)
+
+    def send(self, query: TransferQuery) -> Dict[str, Any]:
+        """``/transfers/send``: a push job, or, to a peer with RemoteSelf, a pull asked of that peer."""
+        peer = self._peer(query.peer)
+        query = self._with_transfer_id(query)
+        if peer.remote_self is None:
+            job = self.engine.submit(self.push_job.name, query.to_json(), query.priority)
+            return {"ID": job.id, "Path": f"/jobs/{job.id}"}
+        body = {"Resources": [r.to_json() for r in query.resources], "Compression": query.compression,
+                "Originator": self.originator, "Peer": peer.remote_self, "Priority": query.priority}
+        answer = self.transport.call(peer, "POST", "/transfers/pull", body=dumps_compact(body), expect_json=True,
+                                     headers={"sender-transfer-id": query.sender_transfer_id or "",
+                                              "Content-Type": "application/json"})
+        remote = parse_json_body(answer.content, "pull answer")
+        if not (isinstance(remote, dict) and isinstance(remote.get("ID"), str)
+                and isinstance(remote.get("Path"), str)):
+            raise NetworkProtocol(f"Peer {peer.name!r} answered /transfers/pull without an ID and a Path")
+        return {"Peer": peer.name, "RemoteJob": remote["ID"],
+                "URL": peer.url.rstrip("/") + "/" + remote["Path"].lstrip("/")}
 
     # -- Orthanc events ------------------------------------------------------------------------------
 
@@ -93,6 +132,8 @@ class Application:
 
     def on_stopped(self) -> None:
         self.engine.stop()
+        if self.receiver is not None:
+            self.receiver.close_all()
 
     def on_instance_deleted(self, instance_id: str) -> None:
         self.source.cache.invalidate(instance_id)

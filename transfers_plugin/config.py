@@ -29,6 +29,8 @@ TRANSFERS_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
     "PeerConnectivityTimeout": (2, 1, 3600, "timeout of the /plugins probes, in seconds"),
     "PeerCommitTimeout": (600, 1, 24 * 3600, "timeout of push creation and commit, in seconds"),
     "CommitThreadsCount": (1, 1, 64, "threads importing instances at commit"),
+    # Options of this plugin that the C++ plugin does not have.
+    "PushTransactionTimeout": (3600, 10, 7 * 24 * 3600, "seconds after which an idle push transaction is discarded"),
 }
 
 # Options of this plugin that the C++ plugin does not have.
@@ -75,6 +77,7 @@ class TransfersConfig:
     peer_connectivity_timeout: int = 2
     peer_commit_timeout: int = 600
     commit_threads_count: int = 1
+    push_transaction_timeout: int = 3600
     # Global Orthanc options the plugin follows.
     http_timeout: int = 60  # seconds, 0 means no timeout
     https_verify_peers: bool = True
@@ -106,6 +109,7 @@ _ATTRS = {
     "PeerConnectivityTimeout": "peer_connectivity_timeout",
     "PeerCommitTimeout": "peer_commit_timeout",
     "CommitThreadsCount": "commit_threads_count",
+    "PushTransactionTimeout": "push_transaction_timeout",
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 from .errors import MethodNotAllowed, TransfersError
 from .protocol import (
     ChunkRequest,
+    PushDescriptor,
     TransferQuery,
     dumps_compact,
     dumps_styled,
@@ -133,11 +134,43 @@ def build_source_routes(router: Router, app: Any) -> None:
 
 
 def build_transfer_routes(router: Router, app: Any) -> None:
-    """``POST /transfers/pull``: checks the query and the peer, then answers the new job's ID at once."""
+    """``POST /transfers/pull`` and ``/transfers/send``: check the query and the peer, then answer at once."""
 
     def pull(request: Request) -> Response:
         query = TransferQuery.from_json(parse_json_body(request.body, "transfer query"))
         job = app.submit_pull(query)
         return Response.json({"ID": job.id, "Path": f"/jobs/{job.id}"})
 
+    def send(request: Request) -> Response:
+        query = TransferQuery.from_json(parse_json_body(request.body, "transfer query"))
+        return Response.json(app.send(query))
+
     router.add(r"/transfers/pull", POST=pull)
+    router.add(r"/transfers/send", POST=send)
+
+
+def build_push_routes(router: Router, receiver: Any) -> None:
+    """The receiving side of push mode (protocol.md R6 to R9)."""
+
+    def create(request: Request) -> Response:
+        descriptor = PushDescriptor.from_json(parse_json_body(request.body, "push descriptor"))
+        tid = receiver.create(descriptor)
+        return Response.json({"ID": tid, "Path": f"/transfers/push/{tid}"})
+
+    def put(request: Request) -> Response:
+        tid, index = request.groups
+        receiver.put(tid, int(index), request.body)
+        return Response(200, b"{}", JSON_TYPE)
+
+    def commit(request: Request) -> Response:
+        receiver.commit(request.groups[0])
+        return Response(200, b"{}", JSON_TYPE)
+
+    def discard(request: Request) -> Response:
+        receiver.discard(request.groups[0])
+        return Response(200, b"{}", JSON_TYPE)
+
+    router.add(r"/transfers/push", POST=create)
+    router.add(r"/transfers/push/([^/]+)/([0-9]+)", PUT=put)
+    router.add(r"/transfers/push/([^/]+)/commit", POST=commit)
+    router.add(r"/transfers/push/([^/]+)", DELETE=discard)

@@ -11,6 +11,7 @@ from .cache import CachedInstance, InstanceCache
 from .errors import CorruptedFile, ParameterOutOfRange
 from .protocol import (
     LEVEL_INSTANCE,
+    Bucket,
     ChunkRequest,
     InstanceInfo,
     Resource,
@@ -71,6 +72,17 @@ class Source:
                 f"Instance {instance_id}: the stored file has {entry.size} bytes and MD5 {entry.md5}, "
                 f"but Orthanc recorded {size} bytes and MD5 {md5}; refusing to serve it")
         return entry
+
+    def bucket_payload(self, bucket: Bucket) -> bytes:
+        """The bytes of a push bucket: each chunk's slice of its instance, in order."""
+        parts = []
+        for c in bucket.chunks:
+            data = self.cache.get(c.instance_id).data
+            if c.offset + c.size > len(data):
+                raise CorruptedFile(f"Instance {c.instance_id} has {len(data)} bytes, fewer than the transfer "
+                                    f"planned ({c.offset + c.size}); was it replaced meanwhile?")
+            parts.append(memoryview(data)[c.offset:c.offset + c.size])
+        return b"".join(parts)
 
     def read(self, request: ChunkRequest) -> bytes:
         """The bytes of a chunks request, before compression (protocol.md R1, exactly)."""

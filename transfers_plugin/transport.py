@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .config import PeerConfig, TransfersConfig
 from .errors import NetworkProtocol
@@ -18,7 +18,9 @@ MAX_BACKOFF = 10.0
 
 
 class PeerError(NetworkProtocol):
-    """A request to a peer failed for good; the message says which peer and why."""
+    """A request to a peer failed for good; the message says which peer and why (502 to a REST caller)."""
+
+    status = 502
 
     def __init__(self, message: str, status: Optional[int] = None, retryable: bool = True):
         super().__init__(message)
@@ -31,6 +33,14 @@ class HttpAnswer:
     status: int
     headers: Mapping[str, str]
     content: bytes
+    cookies: Tuple[str, ...] = ()  # "name=value" of each Set-Cookie header, in order
+
+
+def set_cookies(raw_headers: Any) -> Tuple[str, ...]:
+    """The ``name=value`` part of every ``Set-Cookie`` header (urllib3 keeps them apart)."""
+    getlist = getattr(raw_headers, "getlist", None)
+    values = getlist("Set-Cookie") if getlist else []
+    return tuple(v.split(";", 1)[0].strip() for v in values if v.split(";", 1)[0].strip())
 
 
 class PeerTransport:
@@ -76,7 +86,7 @@ class PeerTransport:
             timeout = self.config.peer_timeout(peer)
         r = self._session(peer).request(method, self.url(peer, uri), data=body, headers=dict(headers or {}),
                                         timeout=timeout, allow_redirects=False)
-        return HttpAnswer(r.status_code, r.headers, r.content)
+        return HttpAnswer(r.status_code, r.headers, r.content, set_cookies(getattr(r.raw, "headers", None)))
 
     def stream(self, peer: PeerConfig, uri: str, *, headers: Optional[Mapping[str, str]] = None,
                timeout: Optional[float] = None):
@@ -86,17 +96,19 @@ class PeerTransport:
         return self._session(peer).get(self.url(peer, uri), headers=dict(headers or {}), timeout=timeout,
                                        stream=True, allow_redirects=False)
 
-    def call(self, peer: PeerConfig, method: str, uri: str, *, body: Optional[bytes] = None,
+    def call(self, peer: PeerConfig, method: str, uri: str, *, body: Any = None,
              headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
              retries: Optional[int] = None, stop_event: Any = None, expect_json: bool = False) -> HttpAnswer:
         """A request that must answer 200, tried up to ``1 + retries`` times with a growing delay between
-        attempts (1, 2, 4... seconds, at most 10); a set ``stop_event`` ends the waiting at once."""
+        attempts (1, 2, 4... seconds, at most 10); a set ``stop_event`` ends the waiting at once.
+        ``body`` may be a function giving a fresh body for each attempt (a stoppable upload)."""
         if retries is None:
             retries = self.config.max_http_retries
         error: Optional[PeerError] = None
         for attempt in range(retries + 1):
             try:
-                answer = self.request(peer, method, uri, body=body, headers=headers, timeout=timeout)
+                answer = self.request(peer, method, uri, body=body() if callable(body) else body, headers=headers,
+                                      timeout=timeout)
                 error = check_answer(peer, method, uri, answer, expect_json)
                 if error is None:
                     return answer
@@ -147,3 +159,31 @@ def describe_network_error(peer: PeerConfig, e: Exception) -> str:
     else:
         why = name
     return f"Peer {peer.name!r} ({peer.url}) cannot be reached: {why} ({e})"
+
+
+class StoppableBody:
+    """A request body that stops being read once ``stop_event`` is set, aborting the upload at once."""
+
+    PIECE = 64 * 1024
+
+    def __init__(self, data: bytes, stop_event: Any):
+        self._view = memoryview(data)
+        self._position = 0
+        self._stop = stop_event
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def read(self, size: int = -1) -> bytes:
+        if self._stop is not None and self._stop.is_set():
+            raise OSError("upload stopped: the job was asked to stop")
+        if size is None or size < 0:
+            size = len(self._view) - self._position
+        size = min(size, self.PIECE)
+        piece = self._view[self._position:self._position + size]
+        self._position += len(piece)
+        return bytes(piece)
+
+
+def body_factory(data: bytes, stop_event: Any) -> Callable[[], StoppableBody]:
+    return lambda: StoppableBody(data, stop_event)

@@ -1,0 +1,183 @@
+"""The ``PushTransfer`` job: local lookup, push buckets, a transaction at the peer, PUTs, commit.
+
+Phases, recorded in the job's resume state (a pause, an Orthanc restart or a retry goes on from there):
+
+1. plan: the resources expanded locally (sizes and MD5s from Orthanc's records) and planned in push
+   buckets with our ``BucketSize``;
+2. create: ``POST /transfers/push`` with the descriptor (a receiver that is full answers 503: the job waits
+   and asks again, up to ``PeerCommitTimeout``); the answer's ``Path`` and cookies are kept;
+3. upload: ``Threads`` workers PUT the buckets (encoded as the query asks), each with ``MaxHttpRetries``;
+4. commit: ``POST <Path>/commit`` within ``PeerCommitTimeout``: 200 means the receiver checked every MD5 and
+   imported everything.
+
+A failed or canceled job DELETEs its remote transaction.
+"""
+
+import queue
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Set
+
+from .. import codec as codecs
+from ..config import PeerConfig, TransfersConfig
+from ..errors import NetworkProtocol, NotFound, TransfersError
+from ..planner import push_buckets
+from ..protocol import InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, parse_json_body, round_mb
+from ..transport import PeerError, PeerTransport, body_factory
+from .engine import JobContext
+from .model import JobRecord
+from .pull import as_transfer_error, network_speed_kbs, progress
+
+JOB_TYPE = "PushTransfer"
+BUSY_WAIT = 3.0  # seconds between two creation attempts while the receiver is full
+
+
+class PushJobType:
+    name = JOB_TYPE
+
+    def __init__(self, config: TransfersConfig, peers: Callable[[], Dict[str, PeerConfig]],
+                 transport: PeerTransport, source: Any, log_info: Callable[[str], None] = lambda m: None,
+                 log_warning: Callable[[str], None] = lambda m: None):
+        self.config = config
+        self.peers = peers
+        self.transport = transport
+        self.source = source
+        self.log_info = log_info
+        self.log_warning = log_warning
+
+    def run(self, ctx: JobContext) -> None:
+        query = TransferQuery.from_json(ctx.parameters)
+        peer = self.peers().get(query.peer)
+        if peer is None:
+            raise NotFound(f"Peer {query.peer!r} is not configured any more")
+        ctx.update_content(Resources=[r.to_json() for r in query.resources], Peer=query.peer,
+                           Compression=query.compression)
+        state = ctx.resume_state
+        if "Instances" not in state:
+            instances = self.source.lookup(query.resources)
+            ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=self.config.bucket_size_kb,
+                                    DoneBuckets=[], UploadedBytes=0)
+        instances = [InstanceInfo.from_json(i) for i in state["Instances"]]
+        buckets = push_buckets([(i.id, i.size) for i in instances], state["BucketSizeKB"])
+        ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(sum(i.size for i in instances)))
+        descriptor = PushDescriptor(tuple(instances), tuple(buckets), query.compression)
+        if "Transaction" not in state:
+            self.create(ctx, query, peer, descriptor)
+        self.upload(ctx, query, peer, descriptor)
+        self.commit(ctx, query, peer)
+
+    def headers(self, query: TransferQuery, state: Dict[str, Any], content_type: Optional[str]) -> Dict[str, str]:
+        headers = {"sender-transfer-id": query.sender_transfer_id or ""}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if state.get("Cookie"):
+            headers["Cookie"] = state["Cookie"]
+        return headers
+
+    def create(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, descriptor: PushDescriptor) -> None:
+        body = dumps_compact(descriptor.to_json())
+        deadline = time.monotonic() + self.config.peer_commit_timeout
+        while True:
+            try:
+                answer = self.transport.call(peer, "POST", "/transfers/push", body=body, expect_json=True,
+                                             headers=self.headers(query, {}, "application/json"),
+                                             timeout=self.config.peer_commit_timeout, stop_event=ctx.stop_event)
+                break
+            except PeerError as e:
+                if e.http_status != 503 or time.monotonic() > deadline:
+                    raise
+                self.log_info(f"Transfers: job {ctx.id}: peer {peer.name!r} is busy, asking again in {BUSY_WAIT} s")
+                ctx.wait(BUSY_WAIT)
+        ctx.check()
+        created = parse_json_body(answer.content, "push creation answer")
+        path = created.get("Path") if isinstance(created, dict) else None
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise NetworkProtocol(f"Peer {peer.name!r} answered the push creation without a valid Path")
+        ctx.update_resume_state(Transaction=path, Cookie="; ".join(answer.cookies), DoneBuckets=[], UploadedBytes=0)
+        ctx.save_now()
+
+    def upload(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, descriptor: PushDescriptor) -> None:
+        state = ctx.resume_state
+        buckets = descriptor.buckets
+        done: Set[int] = set(state.get("DoneBuckets", []))
+        uploaded = [int(state.get("UploadedBytes", 0))]
+        moved = [0]
+        started = time.monotonic()
+        last = [started]
+        work: "queue.Queue[int]" = queue.Queue()
+        for index in range(len(buckets)):
+            if index not in done:
+                work.put(index)
+        lock = threading.Lock()
+        failures: List[BaseException] = []
+        abort = threading.Event()
+        codec = codecs.get_codec(query.compression)
+        path = state["Transaction"]
+
+        def publish() -> None:
+            with lock:
+                ctx.update_resume_state(DoneBuckets=sorted(done), UploadedBytes=uploaded[0])
+                ctx.update_content(CompletedHttpQueries=len(done), UploadedSizeMB=round_mb(uploaded[0]),
+                                   NetworkSpeedKBs=network_speed_kbs(moved[0], last[0] - started))
+                ctx.set_progress(progress(len(done), len(buckets)))
+
+        def worker() -> None:
+            while not (ctx.stop_event.is_set() or abort.is_set()):
+                try:
+                    index = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    body = codec.encode(self.source.bucket_payload(buckets[index]))
+                    self.transport.call(peer, "PUT", f"{path}/{index}", body=body_factory(body, ctx.stop_event),
+                                        headers=self.headers(query, state, "application/octet-stream"),
+                                        stop_event=ctx.stop_event)
+                except Exception as e:  # noqa: BLE001 - reported as the job's failure
+                    if not ctx.stop_event.is_set():
+                        error = as_transfer_error(peer, e)
+                        if isinstance(error, PeerError) and error.http_status == 404:
+                            error = PeerError(f"Peer {peer.name!r} does not know the push transaction {path} any more "
+                                              f"(restarted, or the transaction was evicted)", 404, retryable=False)
+                        failures.append(error)
+                        abort.set()
+                    return
+                with lock:
+                    done.add(index)
+                    uploaded[0] += len(body)
+                    moved[0] += len(body)
+                    last[0] = time.monotonic()
+                publish()
+
+        publish()
+        threads = [threading.Thread(target=worker, name=f"transfers-push-{ctx.id[:8]}-{n}", daemon=True)
+                   for n in range(max(1, min(self.config.threads, work.qsize())))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        publish()
+        if failures:
+            raise failures[0]
+        ctx.check()
+
+    def commit(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig) -> None:
+        state = ctx.resume_state
+        self.transport.call(peer, "POST", f"{state['Transaction']}/commit", body=b"",
+                            headers=self.headers(query, state, None), timeout=self.config.peer_commit_timeout,
+                            stop_event=ctx.stop_event)
+        ctx.update_resume_state(Committed=True)
+
+    def cleanup(self, record: JobRecord, reason: str) -> None:
+        state = record.resume_state
+        path = state.get("Transaction")
+        if reason in ("failure", "canceled") and path and not state.get("Committed"):
+            try:
+                query = TransferQuery.from_json(record.parameters)
+                peer = self.peers().get(query.peer)
+                if peer is not None:
+                    self.transport.call(peer, "DELETE", path, headers=self.headers(query, state, None))
+                    self.log_info(f"Transfers: job {record.id}: push transaction {path} discarded at {peer.name!r}")
+            except TransfersError as e:
+                self.log_warning(f"Transfers: job {record.id}: cannot discard the push transaction {path}: {e}")
+        if reason != "success":
+            state.clear()  # a resubmitted push starts again with a new transaction

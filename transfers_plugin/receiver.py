@@ -1,0 +1,241 @@
+"""The receiving side of push mode: transactions created, filled bucket by bucket, committed or discarded.
+
+Compared with the C++ receiver (protocol.md 7), on the same wire:
+- the descriptor is validated: unique instances, chunks inside their instances, every byte covered;
+- no lock is held across decompression, disk writes or a commit: one big commit stalls nobody else;
+- the table of ``MaxPushTransactions`` evicts the least recently used transaction only when it is idle
+  (no bucket for ``IDLE_EVICTION`` seconds); when every transaction is busy, creation answers 503 and a
+  sender retries later. Transactions idle for ``PushTransactionTimeout`` seconds are discarded;
+- a commit repeated after a lost answer gets 200 again (recently committed IDs are remembered), and a
+  commit that arrives while the same one runs waits for it;
+- a failed commit leaves nothing imported.
+"""
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Set
+
+from . import codec as codecs
+from .download_area import DownloadArea
+from .errors import BadFileFormat, BadRequest, Conflict, NotFound, ParameterOutOfRange, Unavailable
+from .importer import import_instances
+from .protocol import PushDescriptor
+
+IDLE_EVICTION = 30.0  # seconds without a bucket after which a transaction may give its place
+REMEMBERED_COMMITS = 1000
+
+
+def validate_descriptor(descriptor: PushDescriptor) -> None:
+    """Every instance once; every chunk of a known instance and inside it; every byte of every instance
+    covered exactly once by the buckets."""
+    sizes: Dict[str, int] = {}
+    for info in descriptor.instances:
+        if info.id in sizes:
+            raise BadFileFormat(f"Instance {info.id} is listed twice in the push descriptor")
+        if len(info.md5) != 32:
+            raise BadFileFormat(f"Instance {info.id}: MD5 must have 32 hexadecimal digits")
+        sizes[info.id] = info.size
+    ranges: Dict[str, List[tuple]] = {i: [] for i in sizes}
+    for b, bucket in enumerate(descriptor.buckets):
+        for chunk in bucket.chunks:
+            if chunk.instance_id not in sizes:
+                raise BadFileFormat(f"Bucket {b} refers to instance {chunk.instance_id}, not in Instances")
+            if chunk.offset + chunk.size > sizes[chunk.instance_id]:
+                raise ParameterOutOfRange(f"Bucket {b}: chunk ({chunk.instance_id}, {chunk.offset}, {chunk.size}) "
+                                          f"goes past the end of the instance ({sizes[chunk.instance_id]} bytes)")
+            if chunk.size:
+                ranges[chunk.instance_id].append((chunk.offset, chunk.size))
+    for instance_id, parts in ranges.items():
+        position = 0
+        for offset, size in sorted(parts):
+            if offset != position:
+                what = "overlap" if offset < position else "a gap"
+                raise BadFileFormat(f"The buckets leave {what} at byte {min(offset, position)} of instance "
+                                    f"{instance_id}: every byte must be sent exactly once")
+            position += size
+        if position != sizes[instance_id]:
+            raise BadFileFormat(f"The buckets cover {position} of the {sizes[instance_id]} bytes of instance "
+                                f"{instance_id}")
+
+
+class Transaction:
+    def __init__(self, tid: str, descriptor: PushDescriptor, area: DownloadArea, now: float):
+        self.id = tid
+        self.descriptor = descriptor
+        self.area = area
+        self.created = now
+        self.last_used = now
+        self.received: Set[int] = set()
+        self.writers = 0  # PUTs writing right now
+        self.committing = False
+        self.closed = False  # discarded, evicted or committed: nothing more is written
+        self.lock = threading.Condition()
+
+
+class PushReceiver:
+    def __init__(self, max_transactions: int, download_root: Path, store: Any, commit_threads: int = 1,
+                 idle_timeout: float = 3600.0, log_warning: Callable[[str], None] = lambda m: None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_transactions = max_transactions
+        self.download_root = Path(download_root)
+        self.store = store
+        self.commit_threads = commit_threads
+        self.idle_timeout = idle_timeout
+        self.log_warning = log_warning
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._transactions: "OrderedDict[str, Transaction]" = OrderedDict()
+        self._committed: "OrderedDict[str, bool]" = OrderedDict()
+        self.created_count = 0
+        self.committed_count = 0
+        self.aborted_count = 0
+
+    # -- table ---------------------------------------------------------------------------------------
+
+    def _get(self, tid: str) -> Transaction:
+        with self._lock:
+            t = self._transactions.get(tid)
+            if t is None:
+                raise NotFound(f"Unknown push transaction {tid}")
+            t.last_used = self.clock()
+            self._transactions.move_to_end(tid)
+            return t
+
+    def expire_idle(self) -> List[str]:
+        """Discards transactions idle for longer than the idle timeout."""
+        now = self.clock()
+        with self._lock:
+            old = [t for t in self._transactions.values()
+                   if not t.committing and t.writers == 0 and now - t.last_used > self.idle_timeout]
+        for t in old:
+            self.log_warning(f"Transfers: push transaction {t.id} was idle for {now - t.last_used:.0f} s: discarded")
+            self._discard(t)
+        return [t.id for t in old]
+
+    def create(self, descriptor: PushDescriptor) -> str:
+        validate_descriptor(descriptor)
+        codecs.get_codec(descriptor.compression)
+        self.expire_idle()
+        now = self.clock()
+        with self._lock:
+            evict = None
+            if len(self._transactions) >= self.max_transactions:
+                evict = next((t for t in self._transactions.values()
+                              if not t.committing and t.writers == 0 and now - t.last_used >= IDLE_EVICTION),
+                             None)
+                if evict is None:
+                    raise Unavailable(f"Too many push transactions in progress (MaxPushTransactions is "
+                                      f"{self.max_transactions}); try again later")
+                self._transactions.pop(evict.id)
+                self.aborted_count += 1
+            tid = str(uuid.uuid4())
+            area = DownloadArea(self.download_root / f"push-{tid}", descriptor.instances)
+            t = Transaction(tid, descriptor, area, now)
+            self._transactions[tid] = t
+            self.created_count += 1
+        if evict is not None:
+            self.log_warning(f"Transfers: push transaction {evict.id} evicted to make room for {tid}")
+            self._discard(evict)
+        try:
+            area.prepare()
+        except OSError as e:
+            self._discard(t)
+            raise Unavailable(f"Cannot create the download area of the push transaction: {e}") from None
+        return tid
+
+    def _discard(self, t: Transaction) -> None:
+        with t.lock:
+            t.closed = True
+            while t.writers:
+                t.lock.wait()
+        with self._lock:
+            if self._transactions.get(t.id) is t:
+                del self._transactions[t.id]
+        t.area.remove()
+
+    # -- operations ----------------------------------------------------------------------------------
+
+    def put(self, tid: str, index: int, body: bytes) -> None:
+        t = self._get(tid)
+        buckets = t.descriptor.buckets
+        if index >= len(buckets):
+            raise BadRequest(f"Bucket index {index} is out of range: transaction {tid} has {len(buckets)} buckets")
+        bucket = buckets[index]
+        payload = codecs.get_codec(t.descriptor.compression).decode(body, bucket.total_size)
+        with t.lock:
+            if t.closed or t.committing:
+                raise Conflict(f"Push transaction {tid} is {'being committed' if t.committing else 'closed'}")
+            t.writers += 1
+        written = False
+        try:
+            t.area.write_bucket(bucket, payload)
+            written = True
+        finally:
+            with t.lock:
+                t.writers -= 1
+                if written:
+                    t.received.add(index)
+                t.last_used = self.clock()
+                t.lock.notify_all()
+
+    def commit(self, tid: str) -> None:
+        with self._lock:
+            if tid in self._committed and tid not in self._transactions:
+                return  # a retry after a lost answer: it was committed
+        t = self._get(tid)
+        with t.lock:
+            while t.committing:  # the same commit is running: wait for its end
+                t.lock.wait()
+            if t.closed:
+                with self._lock:
+                    if tid in self._committed:
+                        return
+                raise NotFound(f"Push transaction {tid} was discarded")
+            while t.writers:
+                t.lock.wait()
+            t.committing = True
+        try:
+            missing = [i for i in range(len(t.descriptor.buckets)) if i not in t.received]
+            if missing:
+                raise BadRequest(f"Push transaction {tid}: {len(missing)} bucket(s) never arrived, e.g. {missing[0]}")
+            for info in t.descriptor.instances:
+                t.area.verify(info.id)
+            import_instances(t.area, t.descriptor.instances, self.store, self.commit_threads)
+        except BaseException:
+            with t.lock:
+                t.committing = False
+                t.lock.notify_all()
+            raise
+        with self._lock:
+            self._committed[tid] = True
+            while len(self._committed) > REMEMBERED_COMMITS:
+                self._committed.popitem(last=False)
+            self.committed_count += 1
+        with t.lock:
+            t.committing = False
+            t.closed = True
+            t.lock.notify_all()
+        with self._lock:
+            self._transactions.pop(tid, None)
+        t.area.remove()
+
+    def discard(self, tid: str) -> None:
+        t = self._get(tid)
+        with t.lock:
+            if t.committing:
+                raise Conflict(f"Push transaction {tid} is being committed and cannot be discarded now")
+        self._discard(t)
+
+    def close_all(self) -> None:
+        with self._lock:
+            transactions = list(self._transactions.values())
+        for t in transactions:
+            self._discard(t)
+
+    @property
+    def active(self) -> int:
+        with self._lock:
+            return len(self._transactions)
