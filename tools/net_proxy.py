@@ -5,7 +5,7 @@
     proxy.set_rate(None)                # full speed
     proxy.cut()                         # closes every connection and refuses new ones until restore()
 
-The rate limit (bytes per second, target to client) is shared by all connections, like a link's capacity.
+Each direction's rate limit (bytes per second) is shared by all connections, like a link's capacity.
 """
 
 import socket
@@ -18,12 +18,13 @@ PIECE = 16 * 1024
 
 class TcpProxy:
     def __init__(self, target_port: int, rate: Optional[float] = None, target_host: str = "127.0.0.1",
-                 delay: float = 0.0):
+                 delay: float = 0.0, upstream_rate: Optional[float] = None):
         self.target = (target_host, target_port)
         self.rate = rate
+        self.upstream_rate = upstream_rate
         self.delay = delay  # one-way delay added to every piece, in seconds
         self._lock = threading.Lock()
-        self._next_free = 0.0  # when the shared link can send again
+        self._next_free = {True: 0.0, False: 0.0}  # per direction (downstream?): when the link can send again
         self._listener: Optional[socket.socket] = None
         self._connections: List[socket.socket] = []
         self._closed = threading.Event()
@@ -47,9 +48,16 @@ class TcpProxy:
         return self
 
     def set_rate(self, rate: Optional[float]) -> None:
+        """Target-to-client capacity in bytes per second (None: unlimited)."""
         with self._lock:
             self.rate = rate
-            self._next_free = 0.0
+            self._next_free[True] = 0.0
+
+    def set_upstream_rate(self, rate: Optional[float]) -> None:
+        """Client-to-target capacity in bytes per second (None: unlimited)."""
+        with self._lock:
+            self.upstream_rate = rate
+            self._next_free[False] = 0.0
 
     def corrupt_once_at(self, offset: int) -> None:
         """Flips the byte at this offset of the target-to-client stream (all connections, counted from now)."""
@@ -99,15 +107,15 @@ class TcpProxy:
             threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
-    def _throttle(self, n: int) -> None:
+    def _throttle(self, n: int, downstream: bool) -> None:
         with self._lock:
-            rate = self.rate
+            rate = self.rate if downstream else self.upstream_rate
             if not rate:
                 return
             now = time.monotonic()
-            start = max(now, self._next_free)
-            self._next_free = start + n / rate
-            wait = self._next_free - now
+            start = max(now, self._next_free[downstream])
+            self._next_free[downstream] = start + n / rate
+            wait = self._next_free[downstream] - now
         if wait > 0:
             time.sleep(wait)
 
@@ -119,8 +127,8 @@ class TcpProxy:
                     break
                 if self.delay:
                     time.sleep(self.delay)
+                self._throttle(len(data), downstream)
                 if downstream:
-                    self._throttle(len(data))
                     with self._lock:
                         begin = self.downstream_bytes
                         self.downstream_bytes += len(data)

@@ -86,7 +86,8 @@ class PushJobType:
             except PeerError as e:
                 if e.http_status != 503 or time.monotonic() > deadline:
                     raise
-                self.log_info(f"Transfers: job {ctx.id}: peer {peer.name!r} is busy, asking again in {BUSY_WAIT} s")
+                self.log_warning(f"Transfers: job {ctx.id}: peer {peer.name!r} is busy ({e.message}), asking again "
+                                 f"in {BUSY_WAIT} s")
                 ctx.wait(BUSY_WAIT)
         ctx.check()
         created = parse_json_body(answer.content, "push creation answer")
