@@ -4,7 +4,8 @@
 
 A knows B twice: as "b" (with RemoteSelf, so sending uses pull mode) and as "b-push" (push mode).
 B knows A as "a" (with RemoteSelf) and "a-push". The script prints the URLs and curl lines, then keeps
-both servers running until Ctrl-C (or for --seconds).
+both servers running until Ctrl-C (or for --seconds). At start it sends the study from A to B in push mode
+and prints the job's progress (skip with --no-transfer).
 """
 
 import argparse
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--port-a", type=int, default=8142)
     parser.add_argument("--port-b", type=int, default=8143)
     parser.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (0: Ctrl-C)")
+    parser.add_argument("--no-transfer", action="store_true", help="do not send the study to B at start")
     args = parser.parse_args(argv)
 
     if args.workdir.exists():
@@ -50,6 +52,8 @@ def main(argv=None) -> int:
             instance_id = a.upload(data)
             size += len(data)
         study = a.get_json(f"/instances/{instance_id}/study")["ID"]
+        if not args.no_transfer:
+            watch_transfer(a, b, study)
         print_help(a, b, study, size, args)
         stop_at = time.monotonic() + args.seconds if args.seconds else None
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -68,9 +72,30 @@ def main(argv=None) -> int:
     return 0
 
 
+def watch_transfer(a: OrthancServer, b: OrthancServer, study: str) -> None:
+    """Sends the study from A to B in push mode and prints the job until it ends."""
+    r = a.post("/transfers/send", json={"Resources": [{"Level": "Study", "ID": study}], "Compression": "gzip",
+                                        "Peer": "b-push"})
+    r.raise_for_status()
+    job_id = r.json()["ID"]
+    print(f"\nSending it to B: POST {a.url}/transfers/send -> job {job_id}")
+    while True:
+        job = a.get_json(f"/jobs/{job_id}")
+        c = job["Content"]
+        print(f"  {job['State']:8} {job['Progress']:3}%  buckets {c.get('CompletedHttpQueries', 0)}  "
+              f"uploaded {c.get('UploadedSizeMB', 0)} MB of {c.get('TotalSizeMB', '?')} MB  "
+              f"{c.get('NetworkSpeedKBs', 0)} KB/s", flush=True)
+        if job["State"] in ("Success", "Failure"):
+            break
+        time.sleep(0.5)
+    if job["State"] == "Success":
+        print(f"Done: B now holds {len(b.get_json(f'/studies/{study}/instances'))} instances of the study.")
+    else:
+        print(f"The transfer failed: {job['ErrorDescription']}")
+
+
 def print_help(a: OrthancServer, b: OrthancServer, study: str, size: int, args) -> None:
     resources = json.dumps([{"Level": "Study", "ID": study}])
-    send_ready = a.post("/transfers/send", data=b"{}").status_code != 404
     print(f"""
 Orthanc A: {a.url}/app/explorer.html   (log: {a.log_path})
 Orthanc B: {b.url}/app/explorer.html   (log: {b.log_path})
@@ -85,9 +110,6 @@ Send the study from A to B, in push mode (peer "b-push") or pull mode (peer "b")
 Or have B pull it from A:
   curl -s -X POST {b.url}/transfers/pull -d '{{"Resources": {resources}, "Compression": "gzip", "Peer": "a"}}'
 Then watch the job:  curl -s {a.url}/jobs/<ID>   (or B's /jobs/<ID> for a pull)""")
-    if not send_ready:
-        print("\nNote: this version serves the source side only (peers, lookup, chunks); /transfers/send and "
-              "/transfers/pull are not implemented yet, so the last two curl lines answer 404.")
     print("\nCtrl-C stops both servers.", flush=True)
 
 
