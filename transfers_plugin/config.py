@@ -29,11 +29,14 @@ TRANSFERS_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
     "PeerConnectivityTimeout": (2, 1, 3600, "timeout of the /plugins probes, in seconds"),
     "PeerCommitTimeout": (600, 1, 24 * 3600, "timeout of push creation and commit, in seconds"),
     "CommitThreadsCount": (1, 1, 64, "threads importing instances at commit"),
-    # Options of this plugin that the C++ plugin does not have.
-    "PushTransactionTimeout": (3600, 10, 7 * 24 * 3600, "seconds after which an idle push transaction is discarded"),
 }
 
 # Options of this plugin that the C++ plugin does not have.
+PLUGIN_INT_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
+    "PushTransactionTimeout": (3600, 10, 7 * 24 * 3600, "seconds after which an idle push transaction is discarded"),
+}
+INT_OPTIONS = {**TRANSFERS_OPTIONS, **PLUGIN_INT_OPTIONS}
+
 STRING_OPTIONS = {"DownloadArea": "folder of partial downloads (default: StorageDirectory/transfers-tmp)"}
 
 PEER_KNOWN_KEYS = {
@@ -142,10 +145,10 @@ def parse_configuration(cfg: Mapping[str, Any]) -> TransfersConfig:
     if not isinstance(section, dict):
         problems.append(f"The {SECTION!r} section must be a JSON object")
         section = {}
-    for key, (default, lo, hi, _meaning) in TRANSFERS_OPTIONS.items():
+    for key, (default, lo, hi, _meaning) in INT_OPTIONS.items():
         values[_ATTRS[key]] = _int_option(section, key, default, lo, hi, f"{SECTION}.", problems)
     for key in section:
-        if key not in TRANSFERS_OPTIONS and key not in STRING_OPTIONS:
+        if key not in INT_OPTIONS and key not in STRING_OPTIONS:
             warnings.append(f"Unknown option {SECTION}.{key} is ignored")
 
     values["http_timeout"] = _int_option(cfg, "HttpTimeout", 60, 0, 24 * 3600, "", problems)

@@ -86,7 +86,8 @@ class PeerTransport:
             timeout = self.config.peer_timeout(peer)
         r = self._session(peer).request(method, self.url(peer, uri), data=body, headers=dict(headers or {}),
                                         timeout=timeout, allow_redirects=False)
-        return HttpAnswer(r.status_code, r.headers, r.content, set_cookies(getattr(r.raw, "headers", None)))
+        raw_headers = getattr(getattr(r, "raw", None), "headers", None)
+        return HttpAnswer(r.status_code, r.headers, r.content, set_cookies(raw_headers))
 
     def stream(self, peer: PeerConfig, uri: str, *, headers: Optional[Mapping[str, str]] = None,
                timeout: Optional[float] = None):

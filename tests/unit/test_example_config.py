@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from transfers_plugin.config import TRANSFERS_OPTIONS, parse_configuration
+from transfers_plugin.config import INT_OPTIONS, TRANSFERS_OPTIONS, parse_configuration
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "orthanc.json.example"
 
@@ -24,5 +24,6 @@ def test_example_parses_with_the_documented_defaults():
 
 def test_readme_documents_every_option():
     readme = (EXAMPLE.parent / "README.md").read_text()
-    for option, (default, lo, hi, _meaning) in TRANSFERS_OPTIONS.items():
+    for option, (default, lo, hi, _meaning) in INT_OPTIONS.items():
         assert f"| `{option}` | {default} | {lo}-{hi} |" in readme, option
+    assert "| `DownloadArea` |" in readme

@@ -154,6 +154,7 @@ class JobEngine:
         self._dirty = False
         self._last_save = 0.0
         self._save_lock = threading.Lock()
+        self._cleaning: Dict[str, int] = {}  # jobs whose end-of-job cleanup has not run yet
         self._running = False
         self._scheduler: Optional[threading.Thread] = None
 
@@ -250,7 +251,7 @@ class JobEngine:
             newly_failed = record.finished and not was_finished
             self._wake.notify_all()
         self._save()
-        if newly_failed:  # canceled while not running: clean up what an earlier run left
+        if newly_failed:  # canceled while not running: clean up what an earlier run left, then trim
             self._cleanup_async(record, "canceled")
         return record
 
@@ -321,10 +322,12 @@ class JobEngine:
             self.log_info(f"Transfers: job {record.id} ({record.type}) succeeded")
         except JobStopped as e:
             with self._lock:
-                record.stopped(e.reason, self.clock())
-            if e.reason == STOP_CANCEL:
+                # A cancel asked after the pause that stopped the job still wins.
+                reason = STOP_CANCEL if record.stop_request == STOP_CANCEL else e.reason
+                record.stopped(reason, self.clock())
+            if reason == STOP_CANCEL:
                 cleanup_reason = "canceled"
-            self.log_info(f"Transfers: job {record.id} stopped ({e.reason}), now {record.state}")
+            self.log_info(f"Transfers: job {record.id} stopped ({reason}), now {record.state}")
         except Exception as e:  # noqa: BLE001
             if isinstance(e, RetryLater) and record.stop_request is None:
                 with self._lock:
@@ -370,14 +373,28 @@ class JobEngine:
             self.log_error(f"Transfers: cleanup of job {record.id} ({reason}) failed: {e}")
 
     def _cleanup_async(self, record: JobRecord, reason: str) -> None:
-        threading.Thread(target=self._cleanup, args=(record, reason), daemon=True,
-                         name=f"transfers-cleanup-{record.id[:8]}").start()
+        with self._lock:
+            self._cleaning[record.id] = self._cleaning.get(record.id, 0) + 1
+
+        def run() -> None:
+            try:
+                self._cleanup(record, reason)
+            finally:
+                with self._lock:
+                    self._cleaning[record.id] -= 1
+                    if not self._cleaning[record.id]:
+                        del self._cleaning[record.id]
+                self._trim_history()
+                self._save()
+
+        threading.Thread(target=run, daemon=True, name=f"transfers-cleanup-{record.id[:8]}").start()
 
     def _trim_history(self) -> None:
         with self._lock:
             finished = sorted((r for r in self._jobs.values() if r.state in (SUCCESS, FAILURE)),
                               key=lambda r: (r.completion_time or 0, r.sequence))
-            excess = finished[:max(0, len(finished) - self.history_size)]
+            # Jobs whose end-of-job cleanup has not run yet stay until it has.
+            excess = [r for r in finished[:max(0, len(finished) - self.history_size)] if r.id not in self._cleaning]
             for r in excess:
                 del self._jobs[r.id]
         for r in excess:
