@@ -5,6 +5,7 @@ with a fake one. Nothing here imports ``orthanc``.
 """
 
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -48,6 +49,7 @@ class Application:
         build_source_routes(self.router, self)
         build_transfer_routes(self.router, self)
         build_job_routes(self.router, self.engine, api)
+        self._stopping = threading.Event()
         self.receiver: Optional[PushReceiver] = None
         if config.max_push_transactions > 0:
             self.receiver = PushReceiver(config.max_push_transactions, self.download_root, api,
@@ -120,6 +122,12 @@ class Application:
     def on_started(self) -> None:
         self.engine.start()
         self.sweep_download_root()
+        if self.receiver is not None:
+            threading.Thread(target=self._expire_push_transactions, name="transfers-push-expiry", daemon=True).start()
+
+    def _expire_push_transactions(self) -> None:
+        while not self._stopping.wait(30.0):
+            self.receiver.expire_idle()
 
     def sweep_download_root(self) -> None:
         """Removes partial downloads that belong to no known job (left by a job dropped from the history)."""
@@ -131,6 +139,7 @@ class Application:
                 self.api.log_info(f"Transfers: removed the orphan download area {child}")
 
     def on_stopped(self) -> None:
+        self._stopping.set()
         self.engine.stop()
         if self.receiver is not None:
             self.receiver.close_all()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence, Set
 
 from .commitment import check_file
-from .errors import NetworkProtocol, NotFound, ParameterOutOfRange
+from .errors import CorruptedFile, NetworkProtocol, NotFound, ParameterOutOfRange
 from .protocol import Bucket, InstanceInfo
 
 
@@ -56,7 +56,10 @@ class DownloadArea:
 
     def verify(self, instance_id: str) -> None:
         """Raises CommitmentError unless the file has the announced size and MD5."""
-        check_file(self.path(instance_id), self.instances[instance_id])
+        try:
+            check_file(self.path(instance_id), self.instances[instance_id])
+        except FileNotFoundError:
+            raise CorruptedFile(f"Instance {instance_id}: its file in the download area is missing") from None
 
     def read(self, instance_id: str) -> bytes:
         return self.path(instance_id).read_bytes()

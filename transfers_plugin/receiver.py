@@ -11,6 +11,7 @@ Compared with the C++ receiver (protocol.md 7), on the same wire:
 - a failed commit leaves nothing imported.
 """
 
+import re
 import threading
 import time
 import uuid
@@ -20,10 +21,11 @@ from typing import Any, Callable, Dict, List, Set
 
 from . import codec as codecs
 from .download_area import DownloadArea
-from .errors import BadFileFormat, BadRequest, Conflict, NotFound, ParameterOutOfRange, Unavailable
+from .errors import BadFileFormat, BadRequest, Conflict, NotFound, ParameterOutOfRange, TransfersError, Unavailable
 from .importer import import_instances
 from .protocol import PushDescriptor
 
+_MD5 = re.compile(r"[0-9a-fA-F]{32}")
 IDLE_EVICTION = 30.0  # seconds without a bucket after which a transaction may give its place
 REMEMBERED_COMMITS = 1000
 
@@ -35,8 +37,8 @@ def validate_descriptor(descriptor: PushDescriptor) -> None:
     for info in descriptor.instances:
         if info.id in sizes:
             raise BadFileFormat(f"Instance {info.id} is listed twice in the push descriptor")
-        if len(info.md5) != 32:
-            raise BadFileFormat(f"Instance {info.id}: MD5 must have 32 hexadecimal digits")
+        if not _MD5.fullmatch(info.md5):
+            raise BadFileFormat(f"Instance {info.id}: MD5 must have 32 hexadecimal digits, not {info.md5!r}")
         sizes[info.id] = info.size
     ranges: Dict[str, List[tuple]] = {i: [] for i in sizes}
     for b, bucket in enumerate(descriptor.buckets):
@@ -108,12 +110,17 @@ class PushReceiver:
         """Discards transactions idle for longer than the idle timeout."""
         now = self.clock()
         with self._lock:
-            old = [t for t in self._transactions.values()
-                   if not t.committing and t.writers == 0 and now - t.last_used > self.idle_timeout]
-        for t in old:
+            candidates = [t for t in self._transactions.values() if now - t.last_used > self.idle_timeout]
+        expired = []
+        for t in candidates:
+            with t.lock:  # checked again, and closed in the same critical section: no commit can start
+                if t.closed or t.committing or t.writers or self.clock() - t.last_used <= self.idle_timeout:
+                    continue
+                t.closed = True
             self.log_warning(f"Transfers: push transaction {t.id} was idle for {now - t.last_used:.0f} s: discarded")
             self._discard(t)
-        return [t.id for t in old]
+            expired.append(t.id)
+        return expired
 
     def create(self, descriptor: PushDescriptor) -> str:
         validate_descriptor(descriptor)
@@ -143,7 +150,8 @@ class PushReceiver:
             area.prepare()
         except OSError as e:
             self._discard(t)
-            raise Unavailable(f"Cannot create the download area of the push transaction: {e}") from None
+            raise TransfersError(f"Cannot create the download area of the push transaction: {e}",
+                                 orthanc_code=14) from None
         return tid
 
     def _discard(self, t: Transaction) -> None:
@@ -178,7 +186,7 @@ class PushReceiver:
                 t.writers -= 1
                 if written:
                     t.received.add(index)
-                t.last_used = self.clock()
+                    t.last_used = self.clock()
                 t.lock.notify_all()
 
     def commit(self, tid: str) -> None:
@@ -187,15 +195,15 @@ class PushReceiver:
                 return  # a retry after a lost answer: it was committed
         t = self._get(tid)
         with t.lock:
-            while t.committing:  # the same commit is running: wait for its end
+            # The same commit running, or PUTs writing: wait for their end, then look again (the
+            # transaction may have been committed or discarded meanwhile).
+            while t.committing or t.writers:
                 t.lock.wait()
             if t.closed:
                 with self._lock:
                     if tid in self._committed:
                         return
                 raise NotFound(f"Push transaction {tid} was discarded")
-            while t.writers:
-                t.lock.wait()
             t.committing = True
         try:
             missing = [i for i in range(len(t.descriptor.buckets)) if i not in t.received]
@@ -227,6 +235,7 @@ class PushReceiver:
         with t.lock:
             if t.committing:
                 raise Conflict(f"Push transaction {tid} is being committed and cannot be discarded now")
+            t.closed = True  # in the same critical section: no commit may start from now on
         self._discard(t)
 
     def close_all(self) -> None:
