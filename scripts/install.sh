@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the plugin, its tests and its demo need on Debian 12 (run as root, or with sudo).
 #   - Debian packages: Orthanc 1.10, its Python plugin, python3-requests (the plugin's runtime dependency,
-#     imported by the Python that Orthanc embeds), python3-venv;
+#     imported by the Python that Orthanc embeds), python3-venv, and chromium (the Explorer's browser test);
 #   - a virtual environment .venv with the project and its test extras (pytest, hypothesis, pydicom, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,14 +10,15 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need_apt=0
-for pkg in orthanc orthanc-python python3-requests python3-venv; do
+PACKAGES="orthanc orthanc-python python3-requests python3-venv chromium"
+for pkg in $PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
-  echo "== apt-get install orthanc orthanc-python python3-requests python3-venv"
+  echo "== apt-get install $PACKAGES"
   $SUDO apt-get update -qq
   # The orthanc package starts a system service on port 8042 where services are allowed; we use our own.
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq orthanc orthanc-python python3-requests python3-venv >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $PACKAGES >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"

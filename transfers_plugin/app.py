@@ -26,6 +26,7 @@ from .routes import Router, build_push_routes, build_source_routes, build_transf
 from .source import Source
 from .transport import PeerTransport
 
+EXPLORER_SCRIPT = Path(__file__).resolve().parent / "explorer" / "transfers.js"
 DESCRIPTION = ("Accelerates transfers between Orthanc peers (Python implementation, wire-compatible with "
                "the C++ Transfers accelerator plugin)")
 
@@ -78,7 +79,7 @@ class Application:
 
     def plugin_description(self) -> Dict[str, Any]:
         return {"ID": PLUGIN_NAME, "Version": __version__, "Description": DESCRIPTION,
-                "ExtendsOrthancExplorer": False}
+                "ExtendsOrthancExplorer": True}
 
     def _peer(self, name: str):
         peer = self.peers().get(name)
@@ -164,6 +165,7 @@ def start(api: Any) -> Optional[Application]:
         api.register_route(route.pattern, lambda request, route=route: app.router.handle(route, request))
     api.register_instance_deleted(app.on_instance_deleted)
     api.register_lifecycle(app.on_started, app.on_stopped)
+    api.extend_explorer(EXPLORER_SCRIPT.read_text(encoding="utf-8"))
     api.log_warning(f"Transfers accelerator {__version__} (Python) started: Threads {config.threads}, "
                     f"BucketSize {config.bucket_size_kb} KB, CacheSize {config.cache_size_mb} MB, "
                     f"{len(config.peers)} peer(s) configured")

@@ -182,6 +182,9 @@ class OrthancApi:
                 continue
         output.SendHttpStatusCode(response.status)
 
+    def extend_explorer(self, javascript: str) -> None:
+        self.orthanc.ExtendOrthancExplorer(javascript)
+
     def register_instance_deleted(self, listener: Callable[[str], None]) -> None:
         deleted = self.orthanc.ChangeType.DELETED
         instance = self.orthanc.ResourceType.INSTANCE

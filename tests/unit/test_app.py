@@ -35,6 +35,7 @@ class FakeApi:
         self.peers: List[Tuple[str, str, Dict[str, str]]] = []
         self.lifecycle: List[Tuple[Callable[[], None], Callable[[], None]]] = []
         self.global_properties: Dict[int, str] = {}
+        self.explorer_scripts: List[str] = []
 
     def configuration(self) -> Dict[str, Any]:
         return json.loads(json.dumps(self.config))
@@ -57,6 +58,9 @@ class FakeApi:
 
     def register_lifecycle(self, on_started: Callable[[], None], on_stopped: Callable[[], None]) -> None:
         self.lifecycle.append((on_started, on_stopped))
+
+    def extend_explorer(self, javascript: str) -> None:
+        self.explorer_scripts.append(javascript)
 
     def get_global_property(self, property_id: int, default: str = "") -> str:
         return self.global_properties.get(property_id, default)
@@ -136,7 +140,7 @@ def test_bad_configuration_logs_every_problem_and_registers_nothing():
     })
     assert start(api) is None
     assert api.routes == {}
-    assert api.deleted_listeners == [] and api.lifecycle == []
+    assert api.deleted_listeners == [] and api.lifecycle == [] and api.explorer_scripts == []
     text = "\n".join(api.errors)
     for name in ("Transfers.Threads", "Transfers.CacheSize", "Transfers.BucketSize", "HttpTimeout",
                  "OrthancPeers.broken"):
@@ -161,6 +165,7 @@ def test_good_configuration_registers_the_routes_and_the_listener(api, app):
         assert sum(1 for p in api.routes if re.fullmatch(p, uri)) == 1, uri
     assert not any(re.fullmatch(p, "/transfers/chunks/a/b") for p in api.routes)
     assert len(api.deleted_listeners) == 1
+    assert len(api.explorer_scripts) == 1 and "Transfers accelerator" in api.explorer_scripts[0]
     assert any(__version__ in w for w in api.warnings)  # a start-up line in the log
     assert app.config.threads == 2 and app.config.cache_size_bytes == 1024 * 1024
     assert app.source.cache.capacity == 1024 * 1024
