@@ -1,0 +1,315 @@
+"""Benchmark: how long a study takes to cross the link, with each way of sending it.
+
+    scripts/bench.sh [--ct 200] [--mr 0] [--runs 3] [--profiles loopback,wan] [--cxx-plugin PATH]
+
+Starts real Orthanc peers A (source) and B (target), generates a synthetic study, and times, on each
+network profile (loopback, and a WAN emulated by tools/wan.py between A and B):
+
+- peers:   Orthanc's built-in peers, ``POST /peers/b/store`` (synchronous);
+- dicom:   DICOM C-STORE, ``POST /modalities/b/store`` (synchronous);
+- push-*:  our ``/transfers/send`` in push mode, with each compression;
+- pull-*:  our ``/transfers/pull`` at B, with each compression;
+- cxx-*:   the same with the C++ plugin, if ``--cxx-plugin`` gives the path of its library.
+
+Each is run ``--runs`` times (the median counts); B is emptied before each run. The report gives seconds,
+MB/s, the ratio to built-in peers and to the link limit (bytes on the wire / capacity), CPU seconds and
+peak memory of each Orthanc; it is printed as a table and written as JSON and as a PNG chart.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from tools.orthanc_launcher import REPO_ROOT, OrthancServer, free_port
+from tools.synthetic import generate_study
+from tools.wan import WanProxy
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+OURS = ("push-none", "push-gzip", "pull-none", "pull-gzip")
+ALL_MODES = ("peers", "dicom") + OURS
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def reset_peak(pid: int) -> None:
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Setup:
+    """A and B, directly or through WAN proxies, with every peer and modality entry the modes need."""
+
+    def __init__(self, workdir: Path, profile: str, args: argparse.Namespace, plugin_library: Optional[str]):
+        self.profile = profile
+        self.args = args
+        self.port_a, self.port_b = free_port(), free_port()
+        self.dicom_b = free_port()
+        self.proxies: Dict[str, WanProxy] = {}
+        wan = profile == "wan"
+        if wan:
+            kwargs = dict(delay=args.delay_ms / 1000, capacity=args.capacity_mbit * 1e6 / 8,
+                          window=args.window_kb * 1024)
+            self.proxies = {"a-http": WanProxy(self.port_a, **kwargs).start(),  # B pulls from A
+                            "b-http": WanProxy(self.port_b, **kwargs).start(),  # A sends to B
+                            "b-dicom": WanProxy(self.dicom_b, **kwargs).start()}
+        url_a = self.proxies["a-http"].url if wan else f"http://127.0.0.1:{self.port_a}/"
+        url_b = self.proxies["b-http"].url if wan else f"http://127.0.0.1:{self.port_b}/"
+        dicom_b = self.proxies["b-dicom"].port if wan else self.dicom_b
+        transfers = json.loads(args.transfers) if args.transfers else {}
+        extra = {"HttpTimeout": 600, "DicomScuTimeout": 600, "StableAge": 3600}
+        if plugin_library:  # the C++ plugin instead of ours
+            extra_a = dict(extra, Plugins=[plugin_library])
+            with_plugin = False
+        else:
+            extra_a = extra
+            with_plugin = True
+        self.a = OrthancServer("a", workdir / profile / "a", http_port=self.port_a, with_plugin=with_plugin,
+                               transfers=transfers, extra_config=dict(extra_a, DicomModalities={
+                                   "b": ["B", "127.0.0.1", dicom_b]}),
+                               peers={"b": {"Url": url_b}})
+        self.b = OrthancServer("b", workdir / profile / "b", http_port=self.port_b, with_plugin=with_plugin,
+                               transfers=transfers, extra_config=dict(extra_a, DicomAet="B"),
+                               peers={"a": {"Url": url_a}})
+        self.b.dicom_port = self.dicom_b
+
+    def start(self) -> None:
+        self.a.start()
+        self.b.start()
+
+    def stop(self) -> None:
+        for s in (self.a, self.b):
+            s.stop()
+        for p in self.proxies.values():
+            p.stop()
+
+    def wire_bytes(self) -> int:
+        return sum(max(p.bytes) for p in self.proxies.values())
+
+
+def wait_job(server: OrthancServer, job_id: str, timeout: float = 3600) -> Dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = server.get_json(f"/jobs/{job_id}")
+        if job["State"] in ("Success", "Failure"):
+            return job
+        time.sleep(0.05)
+    raise RuntimeError(f"job {job_id} did not end")
+
+
+def run_mode(setup: Setup, mode: str, studies: List[str]) -> None:
+    a, b = setup.a, setup.b
+    resources = [{"Level": "Study", "ID": s} for s in studies]
+    if mode == "peers":
+        r = a.post("/peers/b/store", json={"Resources": studies, "Synchronous": True}, timeout=3600)
+        r.raise_for_status()
+        return
+    if mode == "dicom":
+        r = a.post("/modalities/b/store", json={"Resources": studies, "Synchronous": True}, timeout=3600)
+        r.raise_for_status()
+        return
+    direction, compression = mode.split("-")
+    if direction == "push":
+        r = a.post("/transfers/send", json={"Resources": resources, "Compression": compression, "Peer": "b"})
+        r.raise_for_status()
+        job = wait_job(a, r.json()["ID"])
+    else:
+        r = b.post("/transfers/pull", json={"Resources": resources, "Compression": compression, "Peer": "a"})
+        r.raise_for_status()
+        job = wait_job(b, r.json()["ID"])
+    if job["State"] != "Success":
+        raise RuntimeError(f"{mode}: job failed: {job['ErrorDescription']}")
+
+
+def measure(setup: Setup, mode: str, name: str, studies: List[str], expected: int, runs: int,
+            log: Callable[[str], None]) -> Dict[str, Any]:
+    samples = []
+    for i in range(runs):
+        for patient in setup.b.get_json("/patients"):
+            setup.b.request("DELETE", f"/patients/{patient}")
+        for s in (setup.a, setup.b):
+            reset_peak(s.process.pid)
+        cpu_before = [cpu_seconds(s.process.pid) for s in (setup.a, setup.b)]
+        wire_before = setup.wire_bytes()
+        started = time.monotonic()
+        run_mode(setup, mode, studies)
+        elapsed = time.monotonic() - started
+        cpu = [cpu_seconds(s.process.pid) - c for s, c in zip((setup.a, setup.b), cpu_before)]
+        stored = int(setup.b.get_json("/statistics")["CountInstances"])
+        if stored != expected:
+            raise RuntimeError(f"{mode}: B holds {stored} of {expected} instances after the transfer")
+        sample = {"seconds": elapsed, "cpu_a": cpu[0], "cpu_b": cpu[1],
+                  "peak_mb_a": peak_rss_mb(setup.a.process.pid), "peak_mb_b": peak_rss_mb(setup.b.process.pid),
+                  "wire_bytes": setup.wire_bytes() - wire_before}
+        samples.append(sample)
+        log(f"  {setup.profile:8} {name:14} run {i + 1}: {elapsed:6.2f} s")
+    median = statistics.median(s["seconds"] for s in samples)
+    return {"mode": name, "profile": setup.profile, "runs": samples, "median_seconds": median,
+            "median_cpu_a": statistics.median(s["cpu_a"] for s in samples),
+            "median_cpu_b": statistics.median(s["cpu_b"] for s in samples),
+            "peak_mb_a": max(s["peak_mb_a"] for s in samples), "peak_mb_b": max(s["peak_mb_b"] for s in samples),
+            "median_wire_bytes": statistics.median(s["wire_bytes"] for s in samples)}
+
+
+def machine() -> Dict[str, Any]:
+    mem = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) // 1024
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_mb": mem, "python": platform.python_version(),
+            "kernel": platform.release()}
+
+
+def report(results: List[Dict[str, Any]], total_bytes: int, args: argparse.Namespace) -> str:
+    capacity = args.capacity_mbit * 1e6 / 8
+    lines = ["| profile | mode | median s | MB/s | vs built-in peers | vs link limit | CPU s A | CPU s B | "
+             "peak MB A | peak MB B |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    baseline = {r["profile"]: r["median_seconds"] for r in results if r["mode"] == "peers"}
+    for r in results:
+        secs = r["median_seconds"]
+        mbs = total_bytes / 1e6 / secs
+        vs_peers = f"{secs / baseline[r['profile']]:.2f}x" if r["profile"] in baseline else "-"
+        if r["profile"] == "wan" and r["median_wire_bytes"]:
+            limit = r["median_wire_bytes"] / capacity
+            r["link_limit_seconds"] = limit
+            vs_link = f"{secs / limit:.2f}x ({limit:.1f} s)"
+        else:
+            vs_link = "-"
+        r["mb_per_s"] = mbs
+        lines.append(f"| {r['profile']} | {r['mode']} | {secs:.2f} | {mbs:.1f} | {vs_peers} | {vs_link} | "
+                     f"{r['median_cpu_a']:.1f} | {r['median_cpu_b']:.1f} | {r['peak_mb_a']:.0f} | "
+                     f"{r['peak_mb_b']:.0f} |")
+    return "\n".join(lines)
+
+
+def chart(results: List[Dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    profiles = sorted({r["profile"] for r in results}, key=lambda p: (p != "loopback", p))
+    fig, axes = plt.subplots(1, len(profiles), figsize=(6 * len(profiles), 4.5), squeeze=False)
+    for ax, profile in zip(axes[0], profiles):
+        rows = [r for r in results if r["profile"] == profile]
+        names = [r["mode"] for r in rows]
+        secs = [r["median_seconds"] for r in rows]
+        colors = ["#999999" if n in ("peers", "dicom") else "#cc7722" if n.startswith("cxx") else "#2a7ab0"
+                  for n in names]
+        bars = ax.bar(names, secs, color=colors)
+        for bar, s in zip(bars, secs):
+            ax.annotate(f"{s:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom", fontsize=8)
+        limits = [r.get("link_limit_seconds") for r in rows if r.get("link_limit_seconds")]
+        if limits:
+            ax.axhline(min(limits), color="#444444", linestyle="--", linewidth=1, label="link limit (best)")
+            ax.legend(fontsize=8)
+        ax.set_title(profile)
+        ax.set_ylabel("seconds (median)")
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ct", type=int, default=200, help="CT slices of 512x512x16 bits (about 0.5 MB each)")
+    parser.add_argument("--mr", type=int, default=0, help="MR slices of 256x256x16 bits, as a second study")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profiles", default="loopback,wan")
+    parser.add_argument("--modes", default=",".join(ALL_MODES))
+    parser.add_argument("--delay-ms", type=float, default=20.0, help="WAN one-way delay")
+    parser.add_argument("--capacity-mbit", type=float, default=100.0, help="WAN link capacity")
+    parser.add_argument("--window-kb", type=int, default=128, help="WAN per-connection window")
+    parser.add_argument("--transfers", default="", help='extra Transfers options as JSON, e.g. {"Threads": 8}')
+    parser.add_argument("--cxx-plugin", default="", help="path of the C++ plugin's library, to compare with it")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results")
+    parser.add_argument("--workdir", type=Path, default=None, help="storage of the servers (a temporary folder)")
+    args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    for m in modes:
+        if m not in ALL_MODES:
+            parser.error(f"unknown mode {m}; known: {', '.join(ALL_MODES)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="transfers-bench-"))
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    log(f"Generating the workload: {args.ct} CT slices, {args.mr} MR slices ...")
+    studies: List[bytes] = list(generate_study(args.ct, 512, 512, modality="CT", seed=2026))
+    if args.mr:
+        studies += list(generate_study(args.mr, 256, 256, modality="MR", seed=2027))
+    total = sum(len(d) for d in studies)
+    log(f"  {len(studies)} instances, {total / 1e6:.1f} MB")
+
+    results: List[Dict[str, Any]] = []
+    variants = [("", None)] + ([("cxx-", args.cxx_plugin)] if args.cxx_plugin else [])
+    try:
+        for profile in args.profiles.split(","):
+            for prefix, library in variants:
+                setup = Setup(workdir / (prefix or "py"), profile, args, library)
+                setup.start()
+                try:
+                    ids = [setup.a.upload(d) for d in studies]
+                    study_ids = sorted({setup.a.get_json(f"/instances/{i}/study")["ID"] for i in ids})
+                    # One resource list for all modes: the studies, each as one Study resource.
+                    for mode in modes:
+                        if prefix and mode not in OURS:
+                            continue
+                        name = prefix + mode
+                        log(f"{profile} / {name}")
+                        results.append(measure(setup, mode, name, study_ids, len(studies), args.runs, log))
+                finally:
+                    setup.stop()
+                    shutil.rmtree(workdir / (prefix or "py") / profile, ignore_errors=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    table = report(results, total, args)
+    info = {"machine": machine(), "workload": {"ct": args.ct, "mr": args.mr, "bytes": total},
+            "wan": {"delay_ms": args.delay_ms, "capacity_mbit": args.capacity_mbit, "window_kb": args.window_kb},
+            "runs": args.runs, "transfers": args.transfers, "results": results, "table": table}
+    (args.out / "results.json").write_text(json.dumps(info, indent=2))
+    (args.out / "results.md").write_text(table + "\n")
+    title = (f"{total / 1e6:.0f} MB of synthetic CT/MR, median of {args.runs} runs; WAN: {args.delay_ms:g} ms one-way, "
+             f"{args.capacity_mbit:g} Mbit/s, {args.window_kb} KB window")
+    chart(results, args.out / "results.png", title)
+    log("\n" + table)
+    log(f"\nWritten: {args.out / 'results.json'}, {args.out / 'results.md'}, {args.out / 'results.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
