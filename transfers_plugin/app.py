@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import PLUGIN_NAME, __version__
-from .codec import get_codec
 from .config import ConfigError, TransfersConfig, merge_registered_peers, parse_configuration
 from .errors import NetworkProtocol, NotFound
 from .jobs.engine import JobEngine
@@ -61,7 +60,7 @@ class Application:
     # -- what the routes need ------------------------------------------------------------------------
 
     def codec_for(self, name: str):
-        return get_codec(name)
+        return self.config.codec(name)
 
     def peers(self):
         return merge_registered_peers(self.config, self.api.registered_peers())

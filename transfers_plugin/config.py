@@ -33,6 +33,7 @@ TRANSFERS_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
 
 # Options of this plugin that the C++ plugin does not have.
 PLUGIN_INT_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
+    "CompressionLevel": (1, 1, 9, "gzip level of the buckets this plugin compresses"),
     "PushTransactionTimeout": (3600, 10, 7 * 24 * 3600, "seconds after which an idle push transaction is discarded"),
 }
 INT_OPTIONS = {**TRANSFERS_OPTIONS, **PLUGIN_INT_OPTIONS}
@@ -81,6 +82,7 @@ class TransfersConfig:
     peer_commit_timeout: int = 600
     commit_threads_count: int = 1
     push_transaction_timeout: int = 3600
+    compression_level: int = 1
     # Global Orthanc options the plugin follows.
     http_timeout: int = 60  # seconds, 0 means no timeout
     https_verify_peers: bool = True
@@ -92,6 +94,11 @@ class TransfersConfig:
     download_area: str = ""  # folder of the partial downloads; default: StorageDirectory/transfers-tmp
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
     warnings: Tuple[str, ...] = ()
+
+    def codec(self, name: str):
+        """The codec of a wire compression name, at this plugin's ``CompressionLevel`` for gzip."""
+        from .codec import get_codec
+        return get_codec(name, self.compression_level if name == "gzip" else None)
 
     @property
     def cache_size_bytes(self) -> int:
@@ -113,6 +120,7 @@ _ATTRS = {
     "PeerCommitTimeout": "peer_commit_timeout",
     "CommitThreadsCount": "commit_threads_count",
     "PushTransactionTimeout": "push_transaction_timeout",
+    "CompressionLevel": "compression_level",
 }
 
 

@@ -5,12 +5,13 @@ the same bytes). Memory stays bounded: a bucket is written piece by piece as it 
 touches Orthanc: committing is the caller's job, after :meth:`verify` has checked size and MD5.
 """
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, Optional, Sequence, Set
 
-from .commitment import check_file
+from .commitment import check_digest, check_file
 from .errors import CorruptedFile, NetworkProtocol, NotFound, ParameterOutOfRange
 from .protocol import Bucket, InstanceInfo
 
@@ -19,6 +20,8 @@ class DownloadArea:
     def __init__(self, root: Path, instances: Sequence[InstanceInfo]):
         self.root = Path(root)
         self.instances: Dict[str, InstanceInfo] = {i.id: i for i in instances}
+        # MD5 of instances written whole by one bucket, computed while writing: no need to read them back.
+        self.digests: Dict[str, str] = {}
 
     def path(self, instance_id: str) -> Path:
         if instance_id not in self.instances:
@@ -55,7 +58,16 @@ class DownloadArea:
         w.close()
 
     def verify(self, instance_id: str) -> None:
-        """Raises CommitmentError unless the file has the announced size and MD5."""
+        """Raises CommitmentError unless the file has the announced size and MD5 (computed while the
+        instance was written, when one chunk carried it whole; read back from the file otherwise)."""
+        digest = self.digests.get(instance_id)
+        if digest is not None:
+            try:
+                size = self.path(instance_id).stat().st_size
+            except FileNotFoundError:
+                raise CorruptedFile(f"Instance {instance_id}: its file in the download area is missing") from None
+            check_digest(self.instances[instance_id], size, digest)
+            return
         try:
             check_file(self.path(instance_id), self.instances[instance_id])
         except FileNotFoundError:
@@ -80,6 +92,24 @@ class BucketWriter:
         self._index = 0  # current chunk
         self._within = 0  # bytes of the current chunk written
         self._fds: Dict[str, int] = {}
+        self._hash: Optional[Any] = None  # MD5 of the current chunk, when it carries a whole instance
+        self._start_chunk()
+
+    def _start_chunk(self) -> None:
+        if self._index >= len(self.chunks):
+            return
+        chunk = self.chunks[self._index]
+        self._hash = None
+        if chunk.instance_id in self.skip:
+            return
+        self.area.digests.pop(chunk.instance_id, None)  # whatever was known of it no longer holds
+        if chunk.offset == 0 and chunk.size == self.area.instances[chunk.instance_id].size:
+            self._hash = hashlib.md5()
+
+    def _end_chunk(self, chunk) -> None:
+        if self._hash is not None:
+            self.area.digests[chunk.instance_id] = self._hash.hexdigest()
+            self._hash = None
 
     def _fd(self, instance_id: str) -> int:
         fd = self._fds.get(instance_id)
@@ -98,15 +128,20 @@ class BucketWriter:
                 fd = self._fd(chunk.instance_id)
                 offset = chunk.offset + self._within
                 piece = view[:n]
+                if self._hash is not None:
+                    self._hash.update(piece)
                 while piece:
                     written = os.pwrite(fd, piece, offset)
                     piece, offset = piece[written:], offset + written
             view = view[n:]
             self._within += n
             self.position += n
-            if self._within == chunk.size and self._index + 1 < len(self.chunks):
-                self._index += 1
-                self._within = 0
+            if self._within == chunk.size:
+                self._end_chunk(chunk)
+                if self._index + 1 < len(self.chunks):
+                    self._index += 1
+                    self._within = 0
+                    self._start_chunk()
 
     def close(self, complete: bool = True) -> None:
         for fd in self._fds.values():

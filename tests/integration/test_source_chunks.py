@@ -13,7 +13,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def loaded(module_orthanc_factory, corpus_dir):
-    server = module_orthanc_factory("source")
+    # gzip level 6, the C++ plugin's: chunk answers are then byte-identical to a C++ source's.
+    server = module_orthanc_factory("source", transfers={"CompressionLevel": 6})
     files = upload_files(server, load_manifest(corpus_dir))
     return server, files
 

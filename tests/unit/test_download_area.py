@@ -281,3 +281,30 @@ def test_verify_fails_on_a_wrong_size(area):
 def test_instances_of():
     buckets: List[Bucket] = [Bucket((Chunk(A, 0, 10), Chunk(B, 0, 5))), Bucket((Chunk(B, 5, 5),)), Bucket(())]
     assert instances_of(buckets) == {0: {A, B}, 1: {B}, 2: set()}
+
+
+def test_whole_instances_are_hashed_while_written(area, monkeypatch):
+    """An instance carried whole by one chunk is verified from the MD5 computed while writing it."""
+    import transfers_plugin.download_area as module
+
+    area.write_bucket(Bucket((Chunk(A, 0, 1000), Chunk(B, 0, 1500))), DATA[A] + DATA[B][:1500])
+    area.write_bucket(Bucket((Chunk(B, 1500, 1500),)), DATA[B][1500:])
+    assert area.digests == {A: hashlib.md5(DATA[A]).hexdigest()}  # B came in two pieces: no digest
+    reads = []
+    real_check_file = module.check_file
+    monkeypatch.setattr(module, "check_file", lambda path, info: reads.append(info.id) or real_check_file(path, info))
+    area.verify(A)
+    area.verify(B)
+    assert reads == [B], "only the instance written in pieces is read back"
+
+
+def test_a_rewrite_forgets_the_digest_until_complete(area):
+    area.write_bucket(Bucket((Chunk(A, 0, 1000),)), DATA[A])
+    writer = area.writer(Bucket((Chunk(A, 0, 1000),)))
+    writer.write(b"x" * 10)  # an interrupted rewrite with other bytes
+    writer.close(complete=False)
+    assert A not in area.digests
+    with pytest.raises(CommitmentError):
+        area.verify(A)
+    area.write_bucket(Bucket((Chunk(A, 0, 1000),)), DATA[A])
+    area.verify(A)

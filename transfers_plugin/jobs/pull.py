@@ -92,9 +92,13 @@ class PullJobType:
         if area.prepare() and state.get("DoneBuckets"):
             self.log_warning(f"Transfers: job {ctx.id}: the download area was lost, downloading everything again")
             ctx.update_resume_state(DoneBuckets=[], Verified=[])
+        t0 = time.monotonic()
         if len(state["Verified"]) < len(instances):
             self.download(ctx, query, peer, instances, buckets, area)
+        t1 = time.monotonic()
         self.commit(ctx, instances, area)
+        self.log_info(f"Transfers: job {ctx.id}: {len(buckets)} buckets downloaded and verified in {t1 - t0:.2f} s, "
+                      f"{len(instances)} instances committed in {time.monotonic() - t1:.2f} s")
 
     def lookup(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig) -> List[InstanceInfo]:
         body = dumps_compact([r.to_json() for r in query.resources])

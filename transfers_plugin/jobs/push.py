@@ -18,7 +18,6 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Set
 
-from .. import codec as codecs
 from ..config import PeerConfig, TransfersConfig
 from ..errors import NetworkProtocol, NotFound, TransfersError
 from ..planner import push_buckets
@@ -112,7 +111,7 @@ class PushJobType:
         lock = threading.Lock()
         failures: List[BaseException] = []
         abort = threading.Event()
-        codec = codecs.get_codec(query.compression)
+        codec = self.config.codec(query.compression)
         path = state["Transaction"]
 
         def publish() -> None:
