@@ -79,23 +79,35 @@ class PeerTransport:
             sessions[key] = session
         return session
 
-    def request(self, peer: PeerConfig, method: str, uri: str, *, body: Optional[bytes] = None,
-                headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None) -> HttpAnswer:
-        """One HTTP request; network failures raise ``requests`` exceptions for the caller to handle."""
+    def _send(self, peer: PeerConfig, method: str, uri: str, body: Any, headers: Optional[Mapping[str, str]],
+              timeout: Optional[float], stream: bool = False):
+        """One request; a kept-alive connection the peer closed meanwhile is replaced once, at no cost to the
+        retry budget (Orthanc closes idle connections after a second)."""
         if timeout is None:
             timeout = self.config.peer_timeout(peer)
-        r = self._session(peer).request(method, self.url(peer, uri), data=body, headers=dict(headers or {}),
-                                        timeout=timeout, allow_redirects=False)
+        session = self._session(peer)
+        for attempt in (0, 1):
+            try:
+                return session.request(method, self.url(peer, uri), data=body() if callable(body) else body,
+                                       headers=dict(headers or {}), timeout=timeout, allow_redirects=False,
+                                       stream=stream)
+            except self._requests.ConnectionError as e:
+                if attempt or not is_stale_connection(e):
+                    raise
+        raise AssertionError("unreachable")
+
+    def request(self, peer: PeerConfig, method: str, uri: str, *, body: Any = None,
+                headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None) -> HttpAnswer:
+        """One HTTP request; network failures raise ``requests`` exceptions for the caller to handle.
+        ``body`` may be a function giving a fresh body for each attempt."""
+        r = self._send(peer, method, uri, body, headers, timeout)
         raw_headers = getattr(getattr(r, "raw", None), "headers", None)
         return HttpAnswer(r.status_code, r.headers, r.content, set_cookies(raw_headers))
 
     def stream(self, peer: PeerConfig, uri: str, *, headers: Optional[Mapping[str, str]] = None,
                timeout: Optional[float] = None):
         """A GET whose body is read by the caller (``iter_content``); the caller closes it."""
-        if timeout is None:
-            timeout = self.config.peer_timeout(peer)
-        return self._session(peer).get(self.url(peer, uri), headers=dict(headers or {}), timeout=timeout,
-                                       stream=True, allow_redirects=False)
+        return self._send(peer, "GET", uri, None, headers, timeout, stream=True)
 
     def call(self, peer: PeerConfig, method: str, uri: str, *, body: Any = None,
              headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
@@ -108,8 +120,7 @@ class PeerTransport:
         error: Optional[PeerError] = None
         for attempt in range(retries + 1):
             try:
-                answer = self.request(peer, method, uri, body=body() if callable(body) else body, headers=headers,
-                                      timeout=timeout)
+                answer = self.request(peer, method, uri, body=body, headers=headers, timeout=timeout)
                 error = check_answer(peer, method, uri, answer, expect_json)
                 if error is None:
                     return answer
@@ -147,6 +158,13 @@ def check_answer(peer: PeerConfig, method: str, uri: str, answer: HttpAnswer, ex
     return PeerError(f"Peer {peer.name!r} ({peer.url}) answered HTTP {answer.status} to {method} {uri}"
                      + (f": {snippet}" if snippet else ""), answer.status,
                      retryable=answer.status in RETRYABLE_STATUSES)
+
+
+def is_stale_connection(e: BaseException) -> bool:
+    """A reused connection that the peer had closed: no answer at all, neither a timeout nor a refusal."""
+    text = repr(e)
+    return any(sign in text for sign in ("RemoteDisconnected", "ConnectionResetError", "BrokenPipeError",
+                                         "Connection aborted"))
 
 
 def describe_network_error(peer: PeerConfig, e: Exception) -> str:
