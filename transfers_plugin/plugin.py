@@ -14,10 +14,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-# Native SDK calls hold the GIL in plugin 4.0, and Orthanc's change callbacks wait for it: hand it over
-# sooner than the default 5 ms, so that imports and callbacks do not queue behind each other.
-sys.setswitchinterval(0.001)
-
 from transfers_plugin.app import start  # noqa: E402
 from transfers_plugin.orthanc_api import OrthancApi  # noqa: E402
 

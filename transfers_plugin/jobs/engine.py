@@ -127,6 +127,10 @@ class JobContext:
             self.record.resume_state.update(values)
         self._engine._mark_dirty()
 
+    def touch(self) -> None:
+        """The resume state was changed in place: save it with the next periodic save."""
+        self._engine._mark_dirty()
+
     def save_now(self) -> None:
         self._engine._save()
 

@@ -274,18 +274,19 @@ class PullJobType:
 
     def commit(self, ctx: JobContext, instances: List[InstanceInfo], area: DownloadArea) -> None:
         state = ctx.resume_state
-        imported: Set[str] = set(state.get("Imported", []))
+        imported: List[str] = list(state.get("Imported", []))  # appended to, never copied: no O(n^2)
         created: List[str] = list(state.get("Created", []))
+        ctx.update_resume_state(Imported=imported, Created=created)
         lock = threading.Lock()
 
         def on_imported(instance_id: str, new: bool) -> None:
             with lock:
-                imported.add(instance_id)
-                ctx.update_resume_state(Imported=sorted(imported), Created=list(created))
+                imported.append(instance_id)
+            ctx.touch()
 
         try:
             import_instances(area, instances, self.store, self.config.commit_threads_count, ctx.stop_event,
-                             imported, created, on_imported)
+                             set(imported), created, on_imported)
         except Exception:
             ctx.update_resume_state(Imported=[], Created=[])
             raise
