@@ -62,7 +62,8 @@ def peak_rss_mb(pid: int) -> float:
 class Setup:
     """A and B, directly or through WAN proxies, with every peer and modality entry the modes need."""
 
-    def __init__(self, workdir: Path, profile: str, args: argparse.Namespace, plugin_library: Optional[str]):
+    def __init__(self, workdir: Path, profile: str, args: argparse.Namespace, plugin_library: Optional[str],
+                 transfers: Dict[str, Any]):
         self.profile = profile
         self.args = args
         self.port_a, self.port_b = free_port(), free_port()
@@ -78,8 +79,7 @@ class Setup:
         url_a = self.proxies["a-http"].url if wan else f"http://127.0.0.1:{self.port_a}/"
         url_b = self.proxies["b-http"].url if wan else f"http://127.0.0.1:{self.port_b}/"
         dicom_b = self.proxies["b-dicom"].port if wan else self.dicom_b
-        transfers = json.loads(args.transfers) if args.transfers else {}
-        extra = {"HttpTimeout": 600, "DicomScuTimeout": 600, "StableAge": 3600}
+        extra = {"HttpTimeout": 600, "DicomScuTimeout": 600}
         if plugin_library:  # the C++ plugin instead of ours
             extra_a = dict(extra, Plugins=[plugin_library])
             with_plugin = False
@@ -115,7 +115,7 @@ def wait_job(server: OrthancServer, job_id: str, timeout: float = 3600) -> Dict[
         job = server.get_json(f"/jobs/{job_id}")
         if job["State"] in ("Success", "Failure"):
             return job
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise RuntimeError(f"job {job_id} did not end")
 
 
@@ -222,8 +222,8 @@ def chart(results: List[Dict[str, Any]], path: Path, title: str) -> None:
         rows = [r for r in results if r["profile"] == profile]
         names = [r["mode"] for r in rows]
         secs = [r["median_seconds"] for r in rows]
-        colors = ["#999999" if n in ("peers", "dicom") else "#cc7722" if n.startswith("cxx") else "#2a7ab0"
-                  for n in names]
+        colors = ["#999999" if n in ("peers", "dicom") else "#cc7722" if n.startswith("cxx")
+                  else "#6aa84f" if n.startswith("tuned") else "#2a7ab0" for n in names]
         bars = ax.bar(names, secs, color=colors)
         for bar, s in zip(bars, secs):
             ax.annotate(f"{s:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
@@ -251,7 +251,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=20.0, help="WAN one-way delay")
     parser.add_argument("--capacity-mbit", type=float, default=100.0, help="WAN link capacity")
     parser.add_argument("--window-kb", type=int, default=128, help="WAN per-connection window")
-    parser.add_argument("--transfers", default="", help='extra Transfers options as JSON, e.g. {"Threads": 8}')
+    parser.add_argument("--transfers", default="", help='Transfers options of both peers as JSON, e.g. {"Threads": 8}')
+    parser.add_argument("--tuned", default="", help='also run our modes with these Transfers options (JSON), '
+                        'shown as "tuned-..." rows, e.g. {"Threads": 8}')
     parser.add_argument("--cxx-plugin", default="", help="path of the C++ plugin's library, to compare with it")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results")
     parser.add_argument("--workdir", type=Path, default=None, help="storage of the servers (a temporary folder)")
@@ -274,11 +276,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     log(f"  {len(studies)} instances, {total / 1e6:.1f} MB")
 
     results: List[Dict[str, Any]] = []
-    variants = [("", None)] + ([("cxx-", args.cxx_plugin)] if args.cxx_plugin else [])
+    base = json.loads(args.transfers) if args.transfers else {}
+    variants = [("", None, base)]
+    if args.tuned:
+        variants.append(("tuned-", None, dict(base, **json.loads(args.tuned))))
+    if args.cxx_plugin:
+        variants.append(("cxx-", args.cxx_plugin, base))
     try:
         for profile in args.profiles.split(","):
-            for prefix, library in variants:
-                setup = Setup(workdir / (prefix or "py"), profile, args, library)
+            for prefix, library, transfers in variants:
+                setup = Setup(workdir / (prefix or "py"), profile, args, library, transfers)
                 setup.start()
                 try:
                     ids = [setup.a.upload(d) for d in studies]
@@ -300,7 +307,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     table = report(results, total, args)
     info = {"machine": machine(), "workload": {"ct": args.ct, "mr": args.mr, "bytes": total},
             "wan": {"delay_ms": args.delay_ms, "capacity_mbit": args.capacity_mbit, "window_kb": args.window_kb},
-            "runs": args.runs, "transfers": args.transfers, "results": results, "table": table}
+            "runs": args.runs, "transfers": args.transfers, "tuned": args.tuned, "results": results, "table": table}
     (args.out / "results.json").write_text(json.dumps(info, indent=2))
     (args.out / "results.md").write_text(table + "\n")
     title = (f"{total / 1e6:.0f} MB of synthetic CT/MR, median of {args.runs} runs; WAN: {args.delay_ms:g} ms one-way, "
