@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import requests
+from transfer_helpers import new_instance_changes
 
 pytestmark = pytest.mark.integration
 
@@ -117,18 +118,6 @@ def last_change(server) -> int:
     return server.get_json("/changes?last")["Last"]
 
 
-def new_instances_since(server, since: int) -> Dict[str, int]:
-    counts: Dict[str, int] = {}
-    while True:
-        page = server.get_json(f"/changes?since={since}&limit=1000")
-        for change in page["Changes"]:
-            if change["ChangeType"] == "NewInstance":
-                counts[change["ID"]] = counts.get(change["ID"], 0) + 1
-        if page["Done"]:
-            return counts
-        since = page["Last"]
-
-
 def assert_holds_exactly(server, fixtures_dir: Path, expected: Dict[str, Dict[str, Any]]) -> None:
     assert sorted(server.instances()) == sorted(expected)
     for instance_id, info in expected.items():
@@ -178,7 +167,7 @@ def test_replay_cxx_sender(empty_receiver, fixtures_dir, expected, scenario):
     for method, path, r in answers[2:]:
         assert r.json() == {}, (method, path, r.text)
     assert_holds_exactly(server, fixtures_dir, expected)
-    assert new_instances_since(server, since) == {i: 1 for i in expected}
+    assert new_instance_changes(server, since) == {i: 1 for i in expected}
     assert push_areas(server) == []
 
 
@@ -393,7 +382,7 @@ def test_commit_repeated_after_success(empty_receiver, fixtures_dir, expected):
         r = send(server, "POST", commit_path, b"", recording.headers(len(recording.exchanges) - 1))
         assert r.status_code == 200 and r.json() == {}, r.text
     assert_holds_exactly(server, fixtures_dir, expected)
-    assert new_instances_since(server, since) == {i: 1 for i in expected}
+    assert new_instance_changes(server, since) == {i: 1 for i in expected}
     # a committed transaction takes no more buckets
     index, body = recording.bucket_bodies()[0]
     r = send(server, "PUT", f"//transfers/push/{tx_of(create)}/{index}", body)
@@ -416,7 +405,7 @@ def test_delete_during_uploads_leaves_nothing(empty_receiver, fixtures_dir, scen
     assert push_areas(server) == []
     assert not area.exists()
     assert server.instances() == []
-    assert new_instances_since(server, since) == {}
+    assert new_instance_changes(server, since) == {}
     for method, path in (("PUT", f"//transfers/push/{tx}/{recording.bucket_bodies()[-1][0]}"),
                          ("POST", f"//transfers/push/{tx}/commit"), ("DELETE", f"//transfers/push/{tx}")):
         body = recording.bucket_bodies()[-1][1] if method == "PUT" else b""

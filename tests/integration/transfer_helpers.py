@@ -41,10 +41,9 @@ def assert_same_instances(server, files: Dict[str, bytes]) -> None:
         assert hashlib.md5(stored).hexdigest() == hashlib.md5(data).hexdigest(), instance_id
 
 
-def new_instance_changes(server) -> Dict[str, int]:
-    """How many times each instance was stored (NewInstance events of /changes)."""
+def new_instance_changes(server, since: int = 0) -> Dict[str, int]:
+    """How many times each instance was stored (NewInstance events of /changes after ``since``)."""
     counts: Dict[str, int] = {}
-    since = 0
     while True:
         page = server.get_json(f"/changes?since={since}&limit=1000")
         for change in page["Changes"]:

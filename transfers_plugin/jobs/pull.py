@@ -26,6 +26,7 @@ from ..importer import import_instances, rollback
 from ..planner import chunks_uri, pull_buckets
 from ..protocol import InstanceInfo, TransferQuery, dumps_compact, parse_json_body, round_mb
 from ..transport import HttpAnswer, PeerError, PeerTransport, check_answer, describe_network_error
+from ..workers import run_pool
 from .engine import JobContext
 from .model import JobRecord
 
@@ -137,8 +138,6 @@ class PullJobType:
             if index not in done:
                 work.put(index)
         md5_failures: Dict[str, int] = {}
-        failure: List[BaseException] = []
-        abort = threading.Event()
         downloaded = [int(state.get("DownloadedBytes", 0))]
         started = time.monotonic()
         last_completion = [started]
@@ -188,7 +187,7 @@ class PullJobType:
                 received = 0
                 try:
                     for piece in response.iter_content(STREAM_PIECE):
-                        if ctx.stop_event.is_set() or abort.is_set():
+                        if ctx.stop_event.is_set():
                             return
                         received += len(piece)
                         writer.write(decoder.update(piece))
@@ -219,52 +218,38 @@ class PullJobType:
             check_instances(complete)
             publish()
 
-        def worker() -> None:
-            while not (ctx.stop_event.is_set() or abort.is_set()):
+        def handle(index: int) -> None:
+            attempt = 0
+            while True:
                 try:
-                    index = work.get_nowait()
-                except queue.Empty:
+                    fetch(index)
                     return
-                attempt = 0
-                while True:
-                    try:
-                        fetch(index)
-                        break
-                    except CorruptedFile as e:
-                        failure.append(e)
-                        abort.set()
+                except CorruptedFile:
+                    raise
+                except Exception as e:  # noqa: BLE001 - network, codec or disk: retried, then reported
+                    if ctx.stop_event.is_set():
                         return
-                    except Exception as e:  # noqa: BLE001 - network, codec or disk: retried, then reported
-                        if ctx.stop_event.is_set() or abort.is_set():
-                            return
-                        error = as_transfer_error(peer, e)
-                        retryable = getattr(error, "retryable", True)
-                        if not retryable or attempt >= self.config.max_http_retries:
-                            failure.append(error)
-                            abort.set()
-                            return
-                        delay = min(10.0, 2.0 ** attempt)
-                        attempt += 1
-                        self.log_warning(f"Transfers: job {ctx.id}: bucket {index} failed ({error}); "
-                                         f"attempt {attempt + 1} in {delay:.0f} s")
-                        if ctx.stop_event.wait(delay):
-                            return
+                    error = as_transfer_error(peer, e)
+                    if not getattr(error, "retryable", True) or attempt >= self.config.max_http_retries:
+                        raise error from None
+                    delay = min(10.0, 2.0 ** attempt)
+                    attempt += 1
+                    self.log_warning(f"Transfers: job {ctx.id}: bucket {index} failed ({error}); "
+                                     f"attempt {attempt + 1} in {delay:.0f} s")
+                    if ctx.stop_event.wait(delay):
+                        return
 
         if pending_check:
             check_instances(pending_check)
         publish()
-        while not work.empty() and not failure:
-            threads = [threading.Thread(target=worker, name=f"transfers-pull-{ctx.id[:8]}-{n}", daemon=True)
-                       for n in range(min(self.config.threads, work.qsize()))]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            ctx.check()
+        failures: List[BaseException] = []
+        while not work.empty() and not failures:
             # Buckets put back by a failed MD5 check after the workers ended: go round again.
+            failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-pull-{ctx.id[:8]}")
+            ctx.check()
         publish()
-        if failure:
-            raise failure[0]
+        if failures:
+            raise failures[0]
         ctx.check()
         missing = [i.id for i in instances if i.id not in verified]
         if missing:

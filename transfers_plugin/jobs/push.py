@@ -16,13 +16,14 @@ A failed or canceled job DELETEs its remote transaction.
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, Optional, Set
 
 from ..config import PeerConfig, TransfersConfig
 from ..errors import NetworkProtocol, NotFound, TransfersError
 from ..planner import push_buckets
 from ..protocol import InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, parse_json_body, round_mb
 from ..transport import PeerError, PeerTransport, body_factory
+from ..workers import run_pool
 from .engine import JobContext
 from .model import JobRecord
 from .pull import as_transfer_error, network_speed_kbs, progress
@@ -109,8 +110,6 @@ class PushJobType:
             if index not in done:
                 work.put(index)
         lock = threading.Lock()
-        failures: List[BaseException] = []
-        abort = threading.Event()
         codec = self.config.codec(query.compression)
         path = state["Transaction"]
 
@@ -121,40 +120,29 @@ class PushJobType:
                                    NetworkSpeedKBs=network_speed_kbs(moved[0], last[0] - started))
                 ctx.set_progress(progress(len(done), len(buckets)))
 
-        def worker() -> None:
-            while not (ctx.stop_event.is_set() or abort.is_set()):
-                try:
-                    index = work.get_nowait()
-                except queue.Empty:
+        def handle(index: int) -> None:
+            try:
+                body = codec.encode(self.source.bucket_payload(buckets[index]))
+                self.transport.call(peer, "PUT", f"{path}/{index}", body=body_factory(body, ctx.stop_event),
+                                    headers=self.headers(query, state, "application/octet-stream"),
+                                    stop_event=ctx.stop_event)
+            except Exception as e:  # noqa: BLE001 - reported as the job's failure, unless asked to stop
+                if ctx.stop_event.is_set():
                     return
-                try:
-                    body = codec.encode(self.source.bucket_payload(buckets[index]))
-                    self.transport.call(peer, "PUT", f"{path}/{index}", body=body_factory(body, ctx.stop_event),
-                                        headers=self.headers(query, state, "application/octet-stream"),
-                                        stop_event=ctx.stop_event)
-                except Exception as e:  # noqa: BLE001 - reported as the job's failure
-                    if not ctx.stop_event.is_set():
-                        error = as_transfer_error(peer, e)
-                        if isinstance(error, PeerError) and error.http_status == 404:
-                            error = PeerError(f"Peer {peer.name!r} does not know the push transaction {path} any more "
-                                              f"(restarted, or the transaction was evicted)", 404, retryable=False)
-                        failures.append(error)
-                        abort.set()
-                    return
-                with lock:
-                    done.add(index)
-                    uploaded[0] += len(body)
-                    moved[0] += len(body)
-                    last[0] = time.monotonic()
-                publish()
+                error = as_transfer_error(peer, e)
+                if isinstance(error, PeerError) and error.http_status == 404:
+                    error = PeerError(f"Peer {peer.name!r} does not know the push transaction {path} any more "
+                                      f"(restarted, or the transaction was evicted)", 404, retryable=False)
+                raise error from None
+            with lock:
+                done.add(index)
+                uploaded[0] += len(body)
+                moved[0] += len(body)
+                last[0] = time.monotonic()
+            publish()
 
         publish()
-        threads = [threading.Thread(target=worker, name=f"transfers-push-{ctx.id[:8]}-{n}", daemon=True)
-                   for n in range(max(1, min(self.config.threads, work.qsize())))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-push-{ctx.id[:8]}")
         publish()
         if failures:
             raise failures[0]

@@ -1,0 +1,35 @@
+"""The benchmark command runs end to end on a tiny workload and writes its table, JSON and chart.
+
+Only that it works is checked here; what it measures is for the benchmark itself, not for pass/fail."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tools.orthanc_launcher import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_command_writes_its_report(tmp_path):
+    out = tmp_path / "results"
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.bench", "--ct", "3", "--mr", "2", "--runs", "1", "--profiles", "loopback,wan",
+         "--modes", "peers,push-gzip,pull-none", "--delay-ms", "1", "--capacity-mbit", "1000", "--window-kb", "512",
+         "--tuned", '{"Threads": 2}', "--out", str(out), "--workdir", str(tmp_path / "work")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    rows = {(r["profile"], r["mode"]) for r in report["results"]}
+    assert rows == {(p, m) for p in ("loopback", "wan")
+                    for m in ("peers", "push-gzip", "pull-none", "tuned-push-gzip", "tuned-pull-none")}
+    for r in report["results"]:
+        assert r["median_seconds"] > 0 and len(r["runs"]) == 1
+        assert r["peak_mb_a"] > 0 and r["peak_mb_b"] > 0
+        if r["profile"] == "wan":
+            assert r["median_wire_bytes"] > 0 and r["link_limit_seconds"] > 0
+    assert report["workload"] == {"ct": 3, "mr": 2, "bytes": report["workload"]["bytes"]}
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| wan | tuned-pull-none |" in (out / "results.md").read_text()
