@@ -184,3 +184,21 @@ def test_cancel_and_pause_a_push(throttled):
     assert a.post(f"/jobs/{job_id}/resubmit").status_code == 200
     assert wait_job(a, job_id)["State"] == "Success"
     assert_same_instances(b, files)
+
+
+def test_sender_killed_mid_push_goes_on_after_restart(throttled):
+    a, b, proxy = throttled
+    files = load_study(a, 24, rows=512, seed=400)
+    study = study_of(a, next(iter(files)))
+    proxy.set_upstream_rate(2_000_000)
+    job_id = send(a, "b", [{"Level": "Study", "ID": study}], "none")["ID"]
+    wait_job(a, job_id, ["Running"], condition=lambda j: j["Content"].get("CompletedHttpQueries", 0) >= 3)
+    a.kill()
+    time.sleep(1.5)
+    a.start()
+    proxy.set_upstream_rate(None)
+    job = wait_job(a, job_id)
+    assert job["State"] == "Success", job
+    assert_same_instances(b, files)
+    assert all(n == 1 for n in new_instance_changes(b).values())
+    assert not any((b.workdir / "storage" / "transfers-tmp").glob("push-*"))
