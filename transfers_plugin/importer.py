@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Set
 from .download_area import DownloadArea
 from .errors import CorruptedFile, NotFound, TransfersError
 from .protocol import InstanceInfo
+from .workers import run_pool
 
 
 def import_instances(area: DownloadArea, instances: Sequence[InstanceInfo], store: Any, threads: int = 1,
@@ -35,39 +36,23 @@ def import_instances(area: DownloadArea, instances: Sequence[InstanceInfo], stor
         if info.id not in done:
             work.put(info)
     lock = threading.Lock()
-    failures: List[BaseException] = []
 
-    def worker() -> None:
-        while not failures and not (stop_event is not None and stop_event.is_set()):
-            try:
-                info = work.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                data = area.read(info.id)
-                if len(data) != info.size:
-                    raise CorruptedFile(f"Instance {info.id} changed in the download area before its import")
-                answer = store.store_instance(data)
-                del data
-                stored_id = answer.get("ID")
-                new = answer.get("Status") == "Success"
-                with lock:
-                    if new:
-                        created.append(stored_id)
-                if stored_id != info.id:
-                    raise CorruptedFile(f"Orthanc stored instance {info.id} under another ID, {stored_id}")
-                on_imported(info.id, new)
-            except Exception as e:  # noqa: BLE001 - the first error ends the commit, then the rollback
-                with lock:
-                    failures.append(e)
-                return
+    def store_one(info: InstanceInfo) -> None:
+        data = area.read(info.id)
+        if len(data) != info.size:
+            raise CorruptedFile(f"Instance {info.id} changed in the download area before its import")
+        answer = store.store_instance(data)
+        del data
+        stored_id = answer.get("ID")
+        new = answer.get("Status") == "Success"
+        if new:
+            with lock:
+                created.append(stored_id)
+        if stored_id != info.id:
+            raise CorruptedFile(f"Orthanc stored instance {info.id} under another ID, {stored_id}")
+        on_imported(info.id, new)
 
-    workers = [threading.Thread(target=worker, name=f"transfers-commit-{n}", daemon=True)
-               for n in range(max(1, min(threads, work.qsize())))]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
+    failures = run_pool(work, threads, store_one, stop_event or threading.Event(), "transfers-commit")
     if failures:
         rollback(store, created)
         error = failures[0]
