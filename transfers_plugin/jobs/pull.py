@@ -7,8 +7,8 @@ on from where it stopped:
 2. download: pull buckets planned with our ``BucketSize``, fetched by ``Threads`` workers over kept-alive
    connections, decoded as they stream in and written into the download area; each instance is verified
    (size and MD5) as soon as its last bucket is in, and its buckets are fetched again if it is wrong;
-3. commit: every instance read back, checked again and stored in Orthanc by ``CommitThreadsCount``
-   workers. If one cannot be stored, the instances this job created are deleted again.
+3. commit: once every instance is verified, each is read back and stored in Orthanc by
+   ``CommitThreadsCount`` workers. If one cannot be stored, the instances this job created are deleted again.
 """
 
 import queue
