@@ -87,6 +87,59 @@ def chunks_uri(bucket: Bucket, compression: str) -> str:
             + "&compression=" + compression)
 
 
+def slice_bucket(bucket: Bucket, start: int, end: int) -> Bucket:
+    """The bytes ``[start, end)`` of a bucket's payload, as a bucket of its own.
+
+    A contiguous range of a bucket is still a valid pull request for any peer: only its first chunk may
+    start inside an instance, and every chunk but the last runs to the end of its instance's part.
+    """
+    if not 0 <= start < end <= bucket.total_size:
+        raise ParameterOutOfRange(f"Bad slice [{start}, {end}) of a bucket of {bucket.total_size} bytes")
+    chunks = []
+    position = 0
+    for c in bucket.chunks:
+        lo, hi = max(start, position), min(end, position + c.size)
+        if lo < hi:
+            chunks.append(Chunk(c.instance_id, c.offset + lo - position, hi - lo))
+        position += c.size
+    return Bucket(tuple(chunks))
+
+
+def split_bucket(bucket: Bucket, parts: int, minimum: int = 0) -> List[Bucket]:
+    """A bucket cut in up to ``parts`` contiguous slices of about the same size, none under ``minimum``."""
+    total = bucket.total_size
+    if minimum > 0:
+        parts = min(parts, max(1, total // minimum))
+    parts = max(1, min(parts, total))
+    bounds = [total * k // parts for k in range(parts + 1)]
+    return [slice_bucket(bucket, bounds[k], bounds[k + 1]) for k in range(parts)]
+
+
+MIN_SLICE = 256 * 1024
+
+
+def balance_last_round(buckets: List[Bucket], done: Iterable[int], threads: int,
+                       minimum: int = MIN_SLICE) -> List[Tuple[int, Bucket]]:
+    """The buckets still to move (index, bucket), in order, whole except for a ragged last round.
+
+    With ``threads`` workers, a last round of fewer buckets than workers leaves workers idle while a few
+    window-limited connections finish (long links): those last buckets are cut in slices (none under
+    ``minimum`` bytes) so that every worker has one. Any contiguous slice of a bucket is a valid pull
+    request and a valid push bucket for any peer.
+    """
+    finished = set(done)
+    todo = [i for i in range(len(buckets)) if i not in finished]
+    ragged = len(todo) % max(1, threads)
+    if ragged == 0:
+        return [(i, buckets[i]) for i in todo]
+    head, tail = todo[:len(todo) - ragged], todo[len(todo) - ragged:]
+    parts = -(-threads // ragged)  # ceil
+    requests = [(i, buckets[i]) for i in head]
+    for i in tail:
+        requests += [(i, piece) for piece in split_bucket(buckets[i], parts, minimum)]
+    return requests
+
+
 def chunks_url(base_url: str, bucket: Bucket, compression: str) -> str:
     """The full pull URL of a bucket: the peer URL as configured, then :func:`chunks_uri`."""
     return base_url + chunks_uri(bucket, compression)

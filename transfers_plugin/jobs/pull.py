@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import codec as codecs
 from ..commitment import CommitmentError
@@ -23,8 +23,8 @@ from ..config import PeerConfig, TransfersConfig
 from ..download_area import DownloadArea, instances_of
 from ..errors import BadRequest, CorruptedFile, NetworkProtocol, NotFound, TransfersError
 from ..importer import import_instances, rollback
-from ..planner import chunks_uri, pull_buckets
-from ..protocol import InstanceInfo, TransferQuery, dumps_compact, parse_json_body, round_mb
+from ..planner import balance_last_round, chunks_uri, pull_buckets
+from ..protocol import Bucket, InstanceInfo, TransferQuery, dumps_compact, parse_json_body, round_mb
 from ..transport import HttpAnswer, PeerError, PeerTransport, check_answer, describe_network_error
 from ..workers import run_pool
 from .engine import JobContext
@@ -133,10 +133,11 @@ class PullJobType:
                 buckets_of[iid].add(index)
         # Instances whose buckets are all in but that were not verified yet (e.g. stopped in between).
         pending_check = [i.id for i in instances if i.id not in verified and buckets_of[i.id] <= done]
-        work: "queue.Queue[int]" = queue.Queue()
-        for index in range(len(buckets)):
-            if index not in done:
-                work.put(index)
+        work: "queue.Queue[Tuple[int, Bucket]]" = queue.Queue()
+        pieces_left: Dict[int, int] = {}
+        for index, piece in balance_last_round(buckets, done, self.config.threads):
+            pieces_left[index] = pieces_left.get(index, 0) + 1
+            work.put((index, piece))
         md5_failures: Dict[str, int] = {}
         downloaded = [int(state.get("DownloadedBytes", 0))]
         started = time.monotonic()
@@ -164,7 +165,8 @@ class PullJobType:
                         if again:
                             for index in buckets_of[iid]:
                                 done.discard(index)
-                                work.put(index)
+                                pieces_left[index] = 1
+                                work.put((index, buckets[index]))
                     if not again:
                         raise CorruptedFile(f"Instance {iid} arrived corrupted: {e.message}") from None
                     self.log_warning(f"Transfers: job {ctx.id}: {e.message}; fetching its buckets again")
@@ -172,8 +174,8 @@ class PullJobType:
                 with lock:
                     verified.add(iid)
 
-        def fetch(index: int) -> None:
-            bucket = buckets[index]
+        def fetch(item: Tuple[int, Bucket]) -> None:
+            index, bucket = item  # a whole bucket, or a slice of one (see planner.balance_last_round)
             uri = chunks_uri(bucket, query.compression)
             with lock:
                 skip = set(verified)
@@ -209,20 +211,24 @@ class PullJobType:
             finally:
                 response.close()
             with lock:
-                done.add(index)
                 downloaded[0] += received
                 moved_this_run[0] += received
                 last_completion[0] = time.monotonic()
+                pieces_left[index] -= 1
+                if pieces_left[index] > 0:
+                    return
+                done.add(index)
                 complete = [iid for iid in carried[index]
                             if iid not in verified and buckets_of[iid] <= done]
             check_instances(complete)
             publish()
 
-        def handle(index: int) -> None:
+        def handle(item: Tuple[int, Bucket]) -> None:
+            index = item[0]
             attempt = 0
             while True:
                 try:
-                    fetch(index)
+                    fetch(item)
                     return
                 except CorruptedFile:
                     raise

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional, Set
 
 from ..config import PeerConfig, TransfersConfig
 from ..errors import NetworkProtocol, NotFound, TransfersError
-from ..planner import push_buckets
+from ..planner import balance_last_round, push_buckets
 from ..protocol import InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, parse_json_body, round_mb
 from ..transport import PeerError, PeerTransport, body_factory
 from ..workers import run_pool
@@ -56,9 +56,12 @@ class PushJobType:
         if "Instances" not in state:
             instances = self.source.lookup(query.resources)
             ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=self.config.bucket_size_kb,
-                                    DoneBuckets=[], UploadedBytes=0)
+                                    PlanThreads=self.config.threads, DoneBuckets=[], UploadedBytes=0)
         instances = [InstanceInfo.from_json(i) for i in state["Instances"]]
-        buckets = push_buckets([(i.id, i.size) for i in instances], state["BucketSizeKB"])
+        # The C++ plan, with its ragged last round cut in slices (any layout is valid for any receiver);
+        # the plan depends only on what the resume state keeps, so it is the same after a restart.
+        planned = push_buckets([(i.id, i.size) for i in instances], state["BucketSizeKB"])
+        buckets = [b for _, b in balance_last_round(planned, (), state.get("PlanThreads", 1))]
         ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(sum(i.size for i in instances)))
         descriptor = PushDescriptor(tuple(instances), tuple(buckets), query.compression)
         if "Transaction" not in state:
