@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from .codec import Codec, get_codec
+
 SECTION = "Transfers"
 
 
@@ -95,9 +97,8 @@ class TransfersConfig:
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
     warnings: Tuple[str, ...] = ()
 
-    def codec(self, name: str):
+    def codec(self, name: str) -> Codec:
         """The codec of a wire compression name, at this plugin's ``CompressionLevel`` for gzip."""
-        from .codec import get_codec
         return get_codec(name, self.compression_level if name == "gzip" else None)
 
     @property
