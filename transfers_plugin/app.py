@@ -23,7 +23,7 @@ from .protocol import TransferQuery, dumps_compact, parse_json_body
 from .receiver import PushReceiver
 from .routes import Router, build_push_routes, build_source_routes, build_transfer_routes
 from .source import Source
-from .transport import PeerTransport
+from .transport import PeerTransport, transfer_headers
 
 EXPLORER_SCRIPT = Path(__file__).resolve().parent / "explorer" / "transfers.js"
 DESCRIPTION = ("Accelerates transfers between Orthanc peers (Python implementation, wire-compatible with "
@@ -108,8 +108,7 @@ class Application:
         body = {"Resources": [r.to_json() for r in query.resources], "Compression": query.compression,
                 "Originator": self.originator, "Peer": peer.remote_self, "Priority": query.priority}
         answer = self.transport.call(peer, "POST", "/transfers/pull", body=dumps_compact(body), expect_json=True,
-                                     headers={"sender-transfer-id": query.sender_transfer_id or "",
-                                              "Content-Type": "application/json"})
+                                     headers=transfer_headers(query.sender_transfer_id, "application/json"))
         remote = parse_json_body(answer.content, "pull answer")
         if not (isinstance(remote, dict) and isinstance(remote.get("ID"), str)
                 and isinstance(remote.get("Path"), str)):

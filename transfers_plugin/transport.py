@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .config import PeerConfig, TransfersConfig
-from .errors import NetworkProtocol
+from .errors import NetworkProtocol, TransfersError
 
 # Statuses worth another attempt; any other non-200 answer will not change by asking again.
 RETRYABLE_STATUSES = {408, 429, 500, 502, 503, 504}
@@ -165,6 +165,26 @@ def is_stale_connection(e: BaseException) -> bool:
     text = repr(e)
     return any(sign in text for sign in ("RemoteDisconnected", "ConnectionResetError", "BrokenPipeError",
                                          "Connection aborted"))
+
+
+def transfer_headers(transfer_id: Optional[str], content_type: Optional[str] = None,
+                     cookie: Optional[str] = None) -> Dict[str, str]:
+    """The headers of a transfer's requests: ``sender-transfer-id``, the body's type, the sticky cookies."""
+    headers = {"sender-transfer-id": transfer_id or ""}
+    if content_type:
+        headers["Content-Type"] = content_type
+    if cookie:
+        headers["Cookie"] = cookie
+    return headers
+
+
+def as_transfer_error(peer: PeerConfig, e: Exception) -> Exception:
+    """Network exceptions of ``requests`` as a PeerError that names the peer; others unchanged."""
+    if isinstance(e, TransfersError):
+        return e
+    if type(e).__module__.split(".")[0] in ("requests", "urllib3"):
+        return PeerError(describe_network_error(peer, e))
+    return e
 
 
 def describe_network_error(peer: PeerConfig, e: Exception) -> str:

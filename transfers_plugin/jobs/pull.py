@@ -25,7 +25,7 @@ from ..errors import BadRequest, CorruptedFile, NetworkProtocol, NotFound, Trans
 from ..importer import import_instances, rollback
 from ..planner import balance_last_round, chunks_uri, pull_buckets
 from ..protocol import Bucket, InstanceInfo, TransferQuery, dumps_compact, parse_json_body, round_mb
-from ..transport import HttpAnswer, PeerError, PeerTransport, check_answer, describe_network_error
+from ..transport import HttpAnswer, PeerError, PeerTransport, as_transfer_error, check_answer, transfer_headers
 from ..workers import run_pool
 from .engine import JobContext
 from .model import JobRecord
@@ -104,19 +104,13 @@ class PullJobType:
     def lookup(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig) -> List[InstanceInfo]:
         body = dumps_compact([r.to_json() for r in query.resources])
         answer = self.transport.call(peer, "POST", "/transfers/lookup", body=body, stop_event=ctx.stop_event,
-                                     headers=self.headers(query, json_body=True), expect_json=True)
+                                     headers=transfer_headers(query.sender_transfer_id, "application/json"),
+                                     expect_json=True)
         ctx.check()
         try:
             return parse_lookup_answer(answer.content, query.originator, peer)
         except BadRequest as e:
             raise NetworkProtocol(f"Peer {peer.name!r} gave a bad lookup answer: {e.message}") from None
-
-    @staticmethod
-    def headers(query: TransferQuery, json_body: bool = False) -> Dict[str, str]:
-        headers = {"sender-transfer-id": query.sender_transfer_id or ""}
-        if json_body:
-            headers["Content-Type"] = "application/json"
-        return headers
 
     # -- download ------------------------------------------------------------------------------------
 
@@ -305,15 +299,6 @@ class PullJobType:
             area.remove()
             if reason != "success":
                 record.resume_state.clear()
-
-
-def as_transfer_error(peer: PeerConfig, e: Exception) -> Exception:
-    """Network exceptions of ``requests`` as a PeerError that names the peer; others unchanged."""
-    if isinstance(e, TransfersError):
-        return e
-    if type(e).__module__.split(".")[0] in ("requests", "urllib3"):
-        return PeerError(describe_network_error(peer, e))
-    return e
 
 
 def parse_lookup_answer(body: bytes, expected_originator: Optional[str], peer: PeerConfig) -> List[InstanceInfo]:

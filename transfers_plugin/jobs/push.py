@@ -22,11 +22,11 @@ from ..config import PeerConfig, TransfersConfig
 from ..errors import NetworkProtocol, NotFound, TransfersError
 from ..planner import balance_last_round, push_buckets
 from ..protocol import InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, parse_json_body, round_mb
-from ..transport import PeerError, PeerTransport, body_factory
+from ..transport import PeerError, PeerTransport, as_transfer_error, body_factory, transfer_headers
 from ..workers import run_pool
 from .engine import JobContext
 from .model import JobRecord
-from .pull import as_transfer_error, network_speed_kbs, progress
+from .pull import network_speed_kbs, progress
 
 JOB_TYPE = "PushTransfer"
 BUSY_WAIT = 3.0  # seconds between two creation attempts while the receiver is full
@@ -69,13 +69,9 @@ class PushJobType:
         self.upload(ctx, query, peer, descriptor)
         self.commit(ctx, query, peer)
 
-    def headers(self, query: TransferQuery, state: Dict[str, Any], content_type: Optional[str]) -> Dict[str, str]:
-        headers = {"sender-transfer-id": query.sender_transfer_id or ""}
-        if content_type:
-            headers["Content-Type"] = content_type
-        if state.get("Cookie"):
-            headers["Cookie"] = state["Cookie"]
-        return headers
+    @staticmethod
+    def headers(query: TransferQuery, state: Dict[str, Any], content_type: Optional[str]) -> Dict[str, str]:
+        return transfer_headers(query.sender_transfer_id, content_type, state.get("Cookie"))
 
     def create(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, descriptor: PushDescriptor) -> None:
         body = dumps_compact(descriptor.to_json())
