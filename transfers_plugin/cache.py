@@ -2,7 +2,9 @@
 
 Least recently used out first, by total bytes; an instance larger than the capacity is still cached,
 alone. Concurrent requests for the same missing instance share one load: the first caller loads it
-outside the lock while the others wait for its result.
+outside the lock while the others wait for its result. A caller may pass ``still_valid`` to check a
+cached entry against the store before it is served (an instance deleted or replaced since it was loaded):
+an entry that fails the check is dropped and loaded again.
 """
 
 import hashlib
@@ -47,11 +49,41 @@ class InstanceCache:
         self.used_bytes = 0
         self.hits = 0
         self.misses = 0
+        self.stale_drops = 0
 
-    def get(self, instance_id: str) -> CachedInstance:
+    def get(self, instance_id: str,
+            still_valid: Optional[Callable[[CachedInstance], bool]] = None) -> CachedInstance:
+        """The instance, from the cache or loaded. ``still_valid(entry)`` is called outside the lock on a
+        cached entry only (a fresh load is checked by the loader); what it raises drops the entry and
+        propagates."""
         with self._lock:
             entry = self._entries.get(instance_id)
             if entry is not None:
+                self._entries.move_to_end(instance_id)
+        if entry is not None:
+            try:
+                valid = still_valid is None or still_valid(entry)
+            except BaseException:
+                self._drop(instance_id, entry)
+                raise
+            if valid:
+                with self._lock:
+                    self.hits += 1
+                return entry
+            self._drop(instance_id, entry)
+            self.stale_drops += 1
+        return self._get_or_load(instance_id)
+
+    def _drop(self, instance_id: str, entry: CachedInstance) -> None:
+        with self._lock:
+            if self._entries.get(instance_id) is entry:  # not already replaced by a newer load
+                del self._entries[instance_id]
+                self.used_bytes -= entry.size
+
+    def _get_or_load(self, instance_id: str) -> CachedInstance:
+        with self._lock:
+            entry = self._entries.get(instance_id)
+            if entry is not None:  # loaded by another request meanwhile, checked by its loader
                 self._entries.move_to_end(instance_id)
                 self.hits += 1
                 return entry

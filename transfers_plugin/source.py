@@ -53,7 +53,7 @@ class Source:
         """Size and MD5 from Orthanc's attachment record when it has them, else from the bytes."""
         size, md5 = self.store.attachment_info(instance_id)
         if not md5:
-            entry = self.cache.get(instance_id)
+            entry = self.get(instance_id)
             return InstanceInfo(instance_id, entry.size, entry.md5)
         return InstanceInfo(instance_id, size, md5)
 
@@ -73,11 +73,23 @@ class Source:
                 f"but Orthanc recorded {size} bytes and MD5 {md5}; refusing to serve it")
         return entry
 
+    def _still_valid(self, entry: CachedInstance) -> bool:
+        """Whether a cached instance is still the one Orthanc stores (raises ``NotFound`` once deleted).
+
+        Checked each time a cached instance is served: Orthanc reports deletions to plugins
+        asynchronously, so a change notification alone could let a deleted instance be served."""
+        size, md5 = self.store.attachment_info(entry.id)
+        return entry.size == size and (not md5 or entry.md5 == md5)
+
+    def get(self, instance_id: str) -> CachedInstance:
+        """An instance to serve: cached bytes checked against Orthanc's record, or loaded and checked."""
+        return self.cache.get(instance_id, self._still_valid)
+
     def bucket_payload(self, bucket: Bucket) -> bytes:
         """The bytes of a push bucket: each chunk's slice of its instance, in order."""
         parts = []
         for c in bucket.chunks:
-            data = self.cache.get(c.instance_id).data
+            data = self.get(c.instance_id).data
             if c.offset + c.size > len(data):
                 raise CorruptedFile(f"Instance {c.instance_id} has {len(data)} bytes, fewer than the transfer "
                                     f"planned ({c.offset + c.size}); was it replaced meanwhile?")
@@ -86,7 +98,7 @@ class Source:
 
     def read(self, request: ChunkRequest) -> bytes:
         """The bytes of a chunks request, before compression (protocol.md R1, exactly)."""
-        return read_range(self.cache.get, request.ids, request.offset, request.size)
+        return read_range(self.get, request.ids, request.offset, request.size)
 
 
 def read_range(get, ids: Sequence[str], offset: int, size: int) -> bytes:

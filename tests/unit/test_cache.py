@@ -335,3 +335,59 @@ def test_invalidate_and_clear():
     assert len(cache) == 0 and cache.used_bytes == 0
     cache.get("b")
     assert loader.calls == ["a", "b", "a", "b"] and cache.used_bytes == 7
+
+
+# --- checks of cached entries before they are served -----------------------------------------------------
+
+def test_still_valid_is_asked_on_hits_only():
+    loader = Loader({"a": 4})
+    cache = InstanceCache(100, loader)
+    asked = []
+
+    def still_valid(entry):
+        asked.append(entry.id)
+        return True
+
+    cache.get("a", still_valid)  # a miss: the loader checks what it loads
+    assert asked == []
+    assert cache.get("a", still_valid).data == b"aaaa"
+    assert asked == ["a"] and loader.calls == ["a"] and cache.hits == 1
+
+
+def test_an_entry_that_is_no_longer_valid_is_loaded_again():
+    sizes = {"a": 4}
+    loader = Loader(sizes)
+    cache = InstanceCache(100, loader)
+    cache.get("a")
+    sizes["a"] = 6  # replaced in the store
+    entry = cache.get("a", lambda e: len(e.data) == sizes["a"])
+    assert entry.data == b"aaaaaa" and loader.calls == ["a", "a"]
+    assert cache.used_bytes == 6 and len(cache) == 1 and cache.stale_drops == 1
+
+
+def test_an_error_of_the_check_drops_the_entry_and_propagates():
+    cache = InstanceCache(100, Loader({"a": 4}))
+    cache.get("a")
+
+    def deleted(entry):
+        raise KeyError("deleted")
+
+    with pytest.raises(KeyError):
+        cache.get("a", deleted)
+    assert "a" not in cache and cache.used_bytes == 0
+
+
+def test_a_failed_check_does_not_drop_a_newer_entry():
+    sizes = {"a": 4}
+    cache = InstanceCache(100, Loader(sizes))
+    cache.get("a")
+
+    def replaced_meanwhile(entry):
+        # another request reloads the instance while this check runs
+        sizes["a"] = 5
+        cache.invalidate("a")
+        cache.get("a")
+        return False
+
+    assert cache.get("a", replaced_meanwhile).data == b"aaaaa"
+    assert "a" in cache and cache.used_bytes == 5

@@ -325,3 +325,44 @@ def test_cache_capacity_is_the_one_given(store):
     assert "0a" in source.cache and "1c" in source.cache
     source.read(ChunkRequest(("0b",)))  # 19 bytes: alone
     assert len(source.cache) == 1 and "0b" in source.cache
+
+
+# --- cached instances are checked against Orthanc's record before they are served ----------------------
+
+def _forget(store, instance_id):
+    del store.files[instance_id]
+    del store.records[instance_id]
+
+
+def test_a_deleted_instance_is_not_served_from_the_cache(store):
+    source = Source(store, 1 << 20)
+    assert source.read(ChunkRequest(("0a",))) == b"first file"
+    _forget(store, "0a")  # deleted in Orthanc; no notification has reached the cache
+    with pytest.raises(NotFound):
+        source.read(ChunkRequest(("0a",)))
+    assert "0a" not in source.cache
+
+
+def test_a_replaced_instance_is_served_as_it_is_now(store):
+    source = Source(store, 1 << 20)
+    assert source.read(ChunkRequest(("1c",))) == b"third"
+    store.add("1c", b"THIRD")  # same ID, other bytes (stored again with overwriting)
+    assert source.read(ChunkRequest(("1c",))) == b"THIRD"
+    assert store.reads == ["1c", "1c"] and source.cache.stale_drops == 1
+
+
+def test_a_replaced_instance_is_not_pushed_with_old_bytes(store):
+    from transfers_plugin.protocol import Bucket, Chunk
+    source = Source(store, 1 << 20)
+    bucket = Bucket((Chunk("1c", 0, 5),))
+    assert source.bucket_payload(bucket) == b"third"
+    store.add("1c", b"thirD")
+    assert source.bucket_payload(bucket) == b"thirD"
+
+
+def test_a_cache_hit_costs_one_record_check_and_no_read(store):
+    source = Source(store, 1 << 20)
+    source.read(ChunkRequest(("0a", "1c")))
+    store.info_calls.clear()
+    assert source.read(ChunkRequest(("0a", "1c"))) == b"first filethird"
+    assert store.info_calls == ["0a", "1c"] and store.reads == ["0a", "1c"]
