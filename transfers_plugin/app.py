@@ -138,13 +138,12 @@ class Application:
                 self.api.log_info(f"Transfers: removed the orphan download area {child}")
 
     def on_stopped(self) -> None:
+        """The plugin is finalized: Orthanc's database is already closed to plugins, so the jobs are not
+        saved now (their state was saved as they went, at most a second ago); they go on at the next start."""
         self._stopping.set()
-        self.engine.stop()
+        self.engine.stop(save=False)
         if self.receiver is not None:
             self.receiver.close_all()
-
-    def on_instance_deleted(self, instance_id: str) -> None:
-        self.source.cache.invalidate(instance_id)
 
 
 def start(api: Any) -> Optional[Application]:
@@ -161,7 +160,6 @@ def start(api: Any) -> Optional[Application]:
     app = Application(api, config)
     for route in app.router.routes:
         api.register_route(route.pattern, lambda request, route=route: app.router.handle(route, request))
-    api.register_instance_deleted(app.on_instance_deleted)
     api.register_lifecycle(app.on_started, app.on_stopped)
     api.extend_explorer(EXPLORER_SCRIPT.read_text(encoding="utf-8"))
     api.log_warning(f"Transfers accelerator {__version__} (Python) started: Threads {config.threads}, "

@@ -30,6 +30,7 @@ ORTHANC_ERRORS = {
     20: "Corrupted file (e.g. inconsistent MD5 hash)",
     28: "Cannot parse a JSON document",
     37: "Job canceled",
+    2038: "Plugin trying to call the database during its initialization",
 }
 
 
@@ -108,6 +109,13 @@ class Conflict(TransfersError):
 class Unavailable(TransfersError):
     status = 503
     orthanc_code = 1
+
+
+class OrthancUnavailable(Unavailable):
+    """Orthanc's database cannot be called: Orthanc is still starting or is stopping (its error 2038).
+
+    Not a failure of the work that met it: a job that meets it stops as at a shutdown and goes on later."""
+    orthanc_code = 2038
 
 
 class CorruptedFile(TransfersError):

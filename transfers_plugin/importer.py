@@ -14,7 +14,7 @@ import threading
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Set
 
 from .download_area import DownloadArea
-from .errors import CorruptedFile, NotFound, TransfersError
+from .errors import CorruptedFile, NotFound, OrthancUnavailable, TransfersError
 from .protocol import InstanceInfo
 from .workers import run_pool
 
@@ -53,6 +53,10 @@ def import_instances(area: DownloadArea, instances: Sequence[InstanceInfo], stor
         on_imported(info.id, new)
 
     failures = run_pool(work, threads, store_one, stop_event or threading.Event(), "transfers-commit")
+    for error in failures:
+        if isinstance(error, OrthancUnavailable):
+            # Orthanc is stopping: no rollback (it could not be done); the commit goes on after the restart.
+            raise error
     if failures:
         rollback(store, created)
         error = failures[0]

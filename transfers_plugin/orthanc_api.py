@@ -4,15 +4,19 @@ Everything else receives an :class:`OrthancApi` (or a fake with the same methods
 Native SDK calls hold the GIL in the Python plugin 4.0, so each method makes few, short calls.
 """
 
+import atexit
 import json
 import re
+import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .errors import BadRequest, MethodNotAllowed, NotFound, TransfersError
+from .errors import BadRequest, MethodNotAllowed, NotFound, OrthancUnavailable, TransfersError
 from .routes import Request, Response
 
 _NOT_FOUND_CODES = {7, 13, 17, 21}
 _BAD_REQUEST_CODES = {3, 5, 8, 12, 15, 28}
+_DATABASE_UNAVAILABLE = 2038  # "Plugin trying to call the database during its initialization" (or its end)
 _ORTHANC_ID = re.compile(r"[0-9a-f-]{1,64}")
 _LEVEL_URIS = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}
 _CHILDREN = {"Patient": ("Studies", "Study"), "Study": ("Series", "Series"), "Series": ("Instances", None)}
@@ -23,8 +27,6 @@ class OrthancApi:
         if module is None:
             import orthanc as module  # the only import of the orthanc module in the package
         self.orthanc = module
-        self._change_listeners: List[Callable[[Any, Any, str], None]] = []
-        self._change_callback_registered = False
 
     # -- logs ----------------------------------------------------------------------------------------
 
@@ -185,43 +187,41 @@ class OrthancApi:
     def extend_explorer(self, javascript: str) -> None:
         self.orthanc.ExtendOrthancExplorer(javascript)
 
-    def register_instance_deleted(self, listener: Callable[[str], None]) -> None:
-        deleted = self.orthanc.ChangeType.DELETED
-        instance = self.orthanc.ResourceType.INSTANCE
+    def register_lifecycle(self, on_started: Callable[[], None], on_stopped: Callable[[], None],
+                           poll_interval: float = 0.05) -> None:
+        """``on_started`` once Orthanc's database can be called, ``on_stopped`` when the plugin is finalized.
 
-        def on_change(change_type: int, level: int, resource_id: str) -> None:
-            if change_type == deleted and level == instance:
-                listener(resource_id)
+        No change callback (``RegisterOnChangeCallback``) is used for this: with one registered, even an
+        empty one, every import into Orthanc is slower (200 CT instances: 0.48 s without, 0.65 to 0.9 s
+        with, on Orthanc 1.10.1 and plugin 4.0). Instead a thread polls the core until it answers (it
+        answers error 2038 until the database is ready), and ``on_stopped`` runs when the plugin's Python
+        is finalized, before its threads are (``threading._register_atexit``). By then the database can
+        no longer be called: what must survive a restart is saved while the work goes on.
+        """
+        stopped = threading.Event()
 
-        self._add_change_listener(on_change)
-
-    def register_lifecycle(self, on_started: Callable[[], None], on_stopped: Callable[[], None]) -> None:
-        """``on_started`` once Orthanc serves (the database is usable), ``on_stopped`` when it stops."""
-        started = self.orthanc.ChangeType.ORTHANC_STARTED
-        stopped = self.orthanc.ChangeType.ORTHANC_STOPPED
-
-        def on_change(change_type: int, level: int, resource_id: str) -> None:
-            if change_type == started:
-                on_started()
-            elif change_type == stopped:
-                on_stopped()
-
-        self._add_change_listener(on_change)
-
-    def _add_change_listener(self, listener: Callable[[int, int, str], None]) -> None:
-        self._change_listeners.append(listener)
-        if self._change_callback_registered:
-            return
-
-        def dispatch(change_type: Any, level: Any, resource_id: str) -> None:
-            for fn in list(self._change_listeners):
+        def wait_for_database() -> None:
+            while not stopped.is_set():
                 try:
-                    fn(change_type, level, resource_id)
-                except Exception as e:  # noqa: BLE001 - one listener must not break the others
-                    self.log_error(f"Transfers: error in a change listener: {e}")
+                    self.orthanc.RestApiGet("/system")
+                except self.orthanc.OrthancException as e:
+                    if not (e.args and e.args[0] == _DATABASE_UNAVAILABLE):
+                        self.log_error(f"Transfers: unexpected answer of Orthanc while starting: {e}")
+                    time.sleep(poll_interval)
+                    continue
+                try:
+                    on_started()
+                except Exception as e:  # noqa: BLE001 - reported; Orthanc goes on without the background work
+                    self.log_error(f"Transfers: starting the background work failed: {e}")
+                return
 
-        self.orthanc.RegisterOnChangeCallback(dispatch)
-        self._change_callback_registered = True
+        def at_exit() -> None:
+            stopped.set()
+            on_stopped()
+
+        register = getattr(threading, "_register_atexit", None) or atexit.register
+        register(at_exit)
+        threading.Thread(target=wait_for_database, name="transfers-startup", daemon=True).start()
 
 
 def translate_orthanc_exception(e: Exception, what: str = "") -> TransfersError:
@@ -233,4 +233,6 @@ def translate_orthanc_exception(e: Exception, what: str = "") -> TransfersError:
         return NotFound(text, orthanc_code=code)
     if code in _BAD_REQUEST_CODES:
         return BadRequest(text, orthanc_code=code)
+    if code == _DATABASE_UNAVAILABLE:
+        return OrthancUnavailable(text)
     return TransfersError(text, orthanc_code=code)

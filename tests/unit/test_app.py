@@ -28,7 +28,6 @@ class FakeApi:
         self.warnings: List[str] = []
         self.infos: List[str] = []
         self.routes: Dict[str, Callable[[Request], Response]] = {}
-        self.deleted_listeners: List[Callable[[str], None]] = []
         self.files: Dict[str, bytes] = {ID1: b"first instance", ID2: b"second instance, longer"}
         self.children = {("Study", STUDY): [ID2, ID1]}
         self.reads: List[str] = []
@@ -52,9 +51,6 @@ class FakeApi:
     def register_route(self, pattern: str, handler: Callable[[Request], Response]) -> None:
         assert pattern not in self.routes, f"{pattern} registered twice"
         self.routes[pattern] = handler
-
-    def register_instance_deleted(self, listener: Callable[[str], None]) -> None:
-        self.deleted_listeners.append(listener)
 
     def register_lifecycle(self, on_started: Callable[[], None], on_stopped: Callable[[], None]) -> None:
         self.lifecycle.append((on_started, on_stopped))
@@ -140,7 +136,7 @@ def test_bad_configuration_logs_every_problem_and_registers_nothing():
     })
     assert start(api) is None
     assert api.routes == {}
-    assert api.deleted_listeners == [] and api.lifecycle == [] and api.explorer_scripts == []
+    assert api.lifecycle == [] and api.explorer_scripts == []
     text = "\n".join(api.errors)
     for name in ("Transfers.Threads", "Transfers.CacheSize", "Transfers.BucketSize", "HttpTimeout",
                  "OrthancPeers.broken"):
@@ -152,19 +148,19 @@ def test_bad_configuration_logs_every_problem_and_registers_nothing():
 def test_one_bad_value_is_enough_to_register_nothing():
     api = FakeApi({"Transfers": {"MaxHttpRetries": -1}})
     assert start(api) is None
-    assert api.routes == {} and api.deleted_listeners == []
+    assert api.routes == {} and api.lifecycle == []
     assert any("Transfers.MaxHttpRetries" in e for e in api.errors)
 
 
 # --- good configuration --------------------------------------------------------------------------------
 
-def test_good_configuration_registers_the_routes_and_the_listener(api, app):
+def test_good_configuration_registers_the_routes_and_the_lifecycle(api, app):
     assert api.errors == []
     for uri in (f"/transfers/chunks/{ID1}.{ID2}", "/transfers/chunks/ab", "/transfers/lookup", "/transfers/peers",
                 "/plugins", "/plugins/transfers"):
         assert sum(1 for p in api.routes if re.fullmatch(p, uri)) == 1, uri
     assert not any(re.fullmatch(p, "/transfers/chunks/a/b") for p in api.routes)
-    assert len(api.deleted_listeners) == 1
+    assert len(api.lifecycle) == 1
     assert len(api.explorer_scripts) == 1 and "Transfers accelerator" in api.explorer_scripts[0]
     assert any(__version__ in w for w in api.warnings)  # a start-up line in the log
     assert app.config.threads == 2 and app.config.cache_size_bytes == 1024 * 1024
@@ -215,21 +211,22 @@ def test_registered_plugins_routes(api, app):
     assert info["ID"] == "transfers" and info["Version"] == __version__
 
 
-def test_deleted_instance_invalidates_the_cache(api, app):
+def test_a_replaced_instance_is_served_fresh_without_any_notification(api, app):
     assert api.call("GET", f"/transfers/chunks/{ID1}").body == b"first instance"
     assert ID1 in app.source.cache
     api.files[ID1] = b"re-imported, other bytes"
-    for listener in api.deleted_listeners:
-        listener(ID1)
-    assert ID1 not in app.source.cache
     assert api.call("GET", f"/transfers/chunks/{ID1}").body == b"re-imported, other bytes"
     assert api.reads == [ID1, ID1]
 
 
-def test_deleted_event_of_another_instance_keeps_the_cache(api, app):
+def test_a_deleted_instance_is_not_served_from_the_cache(api, app):
     api.call("GET", f"/transfers/chunks/{ID1}")
-    api.deleted_listeners[0](ID2)
-    assert ID1 in app.source.cache
+    api.call("GET", f"/transfers/chunks/{ID2}")
+    del api.files[ID1]
+    assert api.call("GET", f"/transfers/chunks/{ID1}").status == 404
+    assert ID1 not in app.source.cache and ID2 in app.source.cache
+    assert api.call("GET", f"/transfers/chunks/{ID2}").body == b"second instance, longer"
+    assert api.reads == [ID1, ID2]
 
 
 # --- peers through the application ---------------------------------------------------------------------

@@ -5,13 +5,14 @@ Timing: every wait polls with a generous deadline; the only duration asserted is
 or a cancel to take effect.
 """
 
+import copy
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from transfers_plugin.errors import NetworkProtocol, NotFound, TransfersError
+from transfers_plugin.errors import NetworkProtocol, NotFound, OrthancUnavailable, TransfersError
 from transfers_plugin.jobs.engine import JobContext, JobEngine, MemoryJobStore, RetryLater
 from transfers_plugin.jobs.model import (
     FAILURE,
@@ -750,3 +751,27 @@ def test_shutdown_keeps_a_pending_stop_request(make, action, final):
     assert saved_states(h.store)["a"] == final
     if final == FAILURE:
         assert h.fake.cleanups_of("a") == ["canceled"]
+
+
+def test_orthanc_stopping_under_a_job_is_a_shutdown_not_a_failure(make):
+    h = make()
+    job = h.submit("a")
+    h.wait_running(job, "a")
+    h.fake.control("a").error = OrthancUnavailable("Plugin trying to call the database during its initialization")
+    h.wait_state(job, PENDING)
+    other = h.submit("b")
+    time.sleep(0.2)
+    assert h.state(job) == PENDING and h.state(other) == PENDING, "nothing is scheduled while Orthanc stops"
+    assert h.fake.cleanups == [] and h.errors == []
+    assert saved_states(h.store)["a"] == PENDING
+
+
+def test_stop_without_saving_writes_nothing_more(make):
+    h = make()
+    job = h.submit("a")
+    h.wait_running(job, "a")
+    before = copy.deepcopy(h.store.saved)
+    h.engine.stop(timeout=5, save=False)
+    assert h.fake.running == 0
+    assert h.engine.get(job).state == PENDING
+    assert h.store.saved == before, "the store was written after stop(save=False)"

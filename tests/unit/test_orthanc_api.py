@@ -6,12 +6,14 @@ The fake imitates the Python plugin 4.0 where it matters: ``OrthancException(cod
 """
 
 import json
+import threading
+import time
 import types
 from typing import Any, Dict, List, Optional
 
 import pytest
 
-from transfers_plugin.errors import BadRequest, NotFound, TransfersError
+from transfers_plugin.errors import BadRequest, NotFound, OrthancUnavailable, TransfersError
 from transfers_plugin.orthanc_api import OrthancApi, translate_orthanc_exception
 from transfers_plugin.routes import Request, Response, Router, error_response
 
@@ -416,36 +418,80 @@ def test_register_route_errors_are_answered(api, module):
     assert json.loads(call[2])["Uri"] == "/fail"
 
 
-def test_one_change_callback_for_every_listener(api, module):
-    first: List[str] = []
-    second: List[str] = []
-    api.register_instance_deleted(first.append)
-    api.register_instance_deleted(second.append)
-    assert len(module.change_callbacks) == 1
-    dispatch = module.change_callbacks[0]
-    dispatch(module.ChangeType.DELETED, module.ResourceType.INSTANCE, I1)
-    assert first == [I1] and second == [I1]
-    # other changes, and deletions of other levels, are not instance deletions
-    dispatch(module.ChangeType.NEW_INSTANCE, module.ResourceType.INSTANCE, I2)
-    dispatch(module.ChangeType.DELETED, module.ResourceType.SERIES, SERIES_A1)
-    dispatch(module.ChangeType.DELETED, module.ResourceType.STUDY, STUDY_A)
-    dispatch(module.ChangeType.STABLE_PATIENT, module.ResourceType.PATIENT, PATIENT)
-    assert first == [I1] and second == [I1]
+def _database_ready_after(module, failures: int):
+    """RestApiGet("/system") answers Orthanc's error 2038 ``failures`` times, then answers."""
+    answers = {"n": 0}
+    real_get = module.RestApiGet
+
+    def rest_api_get(uri):
+        if uri == "/system":
+            answers["n"] += 1
+            if answers["n"] <= failures:
+                raise FakeOrthancException(2038, "Plugin trying to call the database during its initialization")
+            return b"{}"
+        return real_get(uri)
+
+    module.RestApiGet = rest_api_get
+    return answers
 
 
-def test_a_failing_listener_does_not_stop_the_others(api, module):
-    called: List[str] = []
+def test_lifecycle_starts_once_the_database_answers(api, module, monkeypatch):
+    hooks = []
+    monkeypatch.setattr(threading, "_register_atexit", hooks.append, raising=False)
+    polls = _database_ready_after(module, 3)
+    started = threading.Event()
+    calls: List[str] = []
+    api.register_lifecycle(lambda: calls.append("started") or started.set(), lambda: calls.append("stopped"),
+                           poll_interval=0.01)
+    assert started.wait(5)
+    assert calls == ["started"] and polls["n"] == 4
+    assert len(hooks) == 1
+    hooks[0]()  # the plugin's Python is finalized
+    assert calls == ["started", "stopped"]
+    assert not [m for level, m in module.logs if level == "error"]
 
-    def broken(resource_id):
-        raise RuntimeError("listener bug")
 
-    api.register_instance_deleted(broken)
-    api.register_instance_deleted(called.append)
-    module.change_callbacks[0](module.ChangeType.DELETED, module.ResourceType.INSTANCE, I3)
-    assert called == [I3]
-    assert any(level == "error" and "listener bug" in m for level, m in module.logs)
-
-
-def test_no_change_callback_without_listeners(module):
-    OrthancApi(module=module)
+def test_lifecycle_uses_no_change_callback(api, module, monkeypatch):
+    # A change callback slows every import into Orthanc: the lifecycle must not register one.
+    monkeypatch.setattr(threading, "_register_atexit", lambda fn: None, raising=False)
+    _database_ready_after(module, 0)
+    started = threading.Event()
+    api.register_lifecycle(started.set, lambda: None, poll_interval=0.01)
+    assert started.wait(5)
     assert module.change_callbacks == []
+
+
+def test_lifecycle_stopped_before_started_stops_polling(api, module, monkeypatch):
+    hooks = []
+    monkeypatch.setattr(threading, "_register_atexit", hooks.append, raising=False)
+    polls = _database_ready_after(module, 10 ** 9)  # never ready
+    calls: List[str] = []
+    api.register_lifecycle(lambda: calls.append("started"), lambda: calls.append("stopped"), poll_interval=0.01)
+    time.sleep(0.1)
+    hooks[0]()
+    time.sleep(0.05)
+    n = polls["n"]
+    time.sleep(0.1)
+    assert polls["n"] <= n + 1 and calls == ["stopped"]
+
+
+def test_lifecycle_reports_a_failing_start(api, module, monkeypatch):
+    monkeypatch.setattr(threading, "_register_atexit", lambda fn: None, raising=False)
+    _database_ready_after(module, 0)
+    done = threading.Event()
+
+    def broken_start():
+        done.set()
+        raise RuntimeError("cannot start")
+
+    api.register_lifecycle(broken_start, lambda: None, poll_interval=0.01)
+    assert done.wait(5)
+    deadline = time.monotonic() + 5
+    while not any("cannot start" in m for _, m in module.logs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert any(level == "error" and "cannot start" in m for level, m in module.logs)
+
+
+def test_database_unavailable_is_its_own_error():
+    error = translate_orthanc_exception(FakeOrthancException(2038, "Plugin trying to call the database"), "/x")
+    assert isinstance(error, OrthancUnavailable) and error.orthanc_code == 2038 and error.status == 503

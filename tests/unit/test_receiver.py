@@ -25,6 +25,7 @@ from transfers_plugin.errors import (
     Conflict,
     CorruptedFile,
     NotFound,
+    OrthancUnavailable,
     TransfersError,
     Unavailable,
 )
@@ -889,3 +890,18 @@ def test_download_area_of_a_transaction_holds_one_sparse_file_per_instance(root)
     area = DownloadArea(root / f"push-{tid}", transfer.descriptor.instances)
     for info in transfer.descriptor.instances:
         assert area.path(info.id).stat().st_size == info.size
+
+
+def test_orthanc_stopping_during_a_commit_rolls_nothing_back(root):
+    # Orthanc's database is closed to plugins while it stops: no rollback is tried (it could not work).
+    transfer = Transfer("none")
+    ids = sorted(transfer.files)
+    store = FakeStore(transfer.files)
+    store.fail_at = 2
+    store.failure = OrthancUnavailable("Plugin trying to call the database during its initialization")
+    receiver = make_receiver(root, store, commit_threads=1)
+    tid = receiver.create(transfer.descriptor)
+    put_all(receiver, tid, transfer)
+    with pytest.raises(OrthancUnavailable):
+        receiver.commit(tid)
+    assert store.deleted == [] and list(store.stored) == ids[:1]

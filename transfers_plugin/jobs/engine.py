@@ -17,7 +17,7 @@ import traceback
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Protocol
 
-from ..errors import NotFound, TransfersError
+from ..errors import NotFound, OrthancUnavailable, TransfersError
 from .model import (
     ERROR_PLUGIN,
     FAILURE,
@@ -160,6 +160,7 @@ class JobEngine:
         self._save_lock = threading.Lock()
         self._cleaning: Dict[str, int] = {}  # jobs whose end-of-job cleanup has not run yet
         self._running = False
+        self._store_closed = False
         self._scheduler: Optional[threading.Thread] = None
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -185,15 +186,11 @@ class JobEngine:
         self._scheduler = threading.Thread(target=self._schedule, name="transfers-jobs", daemon=True)
         self._scheduler.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stops every running job (they go on at the next start) and the scheduler; saves the state."""
+    def stop(self, timeout: float = 5.0, save: bool = True) -> None:
+        """Stops every running job (they go on at the next start) and the scheduler, then saves the state;
+        with ``save`` False (the store can no longer be written), nothing is saved from now on."""
+        self._halt(close_store=not save)
         with self._lock:
-            self._running = False
-            for context in self._contexts.values():
-                if context.record.stop_request is None:  # a pause or cancel asked before is kept
-                    context.record.stop_request = STOP_SHUTDOWN
-                context.stop_event.set()
-            self._wake.notify_all()
             threads = list(self._threads.values())
         deadline = time.monotonic() + timeout
         for t in threads + ([self._scheduler] if self._scheduler else []):
@@ -202,6 +199,18 @@ class JobEngine:
         if alive:
             self.log_error(f"Transfers: job threads still running at shutdown: {', '.join(alive)}")
         self._save()
+
+    def _halt(self, close_store: bool) -> None:
+        """Schedules nothing more and asks every running job to stop for the shutdown."""
+        with self._lock:
+            self._running = False
+            if close_store:
+                self._store_closed = True
+            for context in self._contexts.values():
+                if context.record.stop_request is None:  # a pause or cancel asked before is kept
+                    context.record.stop_request = STOP_SHUTDOWN
+                context.stop_event.set()
+            self._wake.notify_all()
 
     # -- user actions --------------------------------------------------------------------------------
 
@@ -337,11 +346,17 @@ class JobEngine:
                 with self._lock:
                     record.retry_later(self.clock() + e.delay)
                 self.log_info(f"Transfers: job {record.id} will be retried in {e.delay} s: {e}")
-            elif record.stop_request is not None:
-                # Asked to stop, and the work was interrupted (an aborted download, Orthanc stopping...).
-                reason = record.stop_request
+            elif record.stop_request is not None or isinstance(e, OrthancUnavailable):
+                # Asked to stop, and the work was interrupted (an aborted download...), or Orthanc is
+                # stopping and its database can no longer be called: the job goes on at the next start.
+                reason = record.stop_request or STOP_SHUTDOWN
                 with self._lock:
                     record.stopped(reason, self.clock())
+                if isinstance(e, OrthancUnavailable):
+                    # Orthanc's database is closed to plugins: Orthanc is stopping. Save the state while
+                    # it may still work, then stop everything (jobs go on at the next start).
+                    self._save()
+                    self._halt(close_store=True)
                 if reason == STOP_CANCEL:
                     cleanup_reason = "canceled"
                 self.log_info(f"Transfers: job {record.id} stopped ({reason}) while {type(e).__name__}: {e}")
@@ -410,7 +425,7 @@ class JobEngine:
         self._dirty = True
 
     def _save(self) -> None:
-        if self.store is None:
+        if self.store is None or self._store_closed:
             return
         with self._save_lock:  # snapshots are written in the order they are taken
             with self._lock:
