@@ -226,3 +226,34 @@ class StoppableBody:
 
 def body_factory(data: bytes, stop_event: Any) -> Callable[[], StoppableBody]:
     return lambda: StoppableBody(data, stop_event)
+
+
+class AnswerTail:
+    """When the rest of an answer will arrive sooner than a new request would get its first byte.
+
+    ``length`` is the answer's Content-Length (None when unknown: never), ``first_byte_delay`` the time the
+    request took to get its headers back (a round trip plus the peer's preparation of the answer). Once at
+    least ``min_bytes`` arrived, the rate so far predicts how long the rest takes; when that is no more than
+    ``first_byte_delay``, a new request sent now would get its first byte about when this answer ends, so
+    the connection never idles between two buckets. On loopback the delay is tiny, so this happens at the
+    very end; on a long link it happens a round trip before the end.
+    """
+
+    def __init__(self, length: Optional[str], first_byte_delay: float, started: Optional[float] = None,
+                 min_bytes: int = 128 * 1024):
+        self.length = int(length) if length is not None and str(length).isdigit() else None
+        self.first_byte_delay = max(0.0, first_byte_delay)
+        self.started = time.monotonic() if started is None else started
+        self.min_bytes = min_bytes
+
+    def hides_next_request(self, received: int, now: float) -> bool:
+        if self.length is None or received < self.min_bytes:
+            return False
+        remaining = self.length - received
+        if remaining <= 0:
+            return True
+        elapsed = now - self.started
+        if elapsed <= 0:
+            return False
+        return remaining * elapsed / received <= self.first_byte_delay
+

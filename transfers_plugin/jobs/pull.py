@@ -21,17 +21,25 @@ from .. import codec as codecs
 from ..commitment import CommitmentError
 from ..config import PeerConfig, TransfersConfig
 from ..download_area import DownloadArea, instances_of
-from ..errors import BadRequest, CorruptedFile, NetworkProtocol, NotFound, TransfersError
+from ..errors import BadRequest, CorruptedFile, NetworkProtocol, NotFound, OrthancUnavailable, TransfersError
 from ..importer import import_instances, rollback
 from ..planner import balance_last_round, chunks_uri, pull_buckets
 from ..protocol import Bucket, InstanceInfo, TransferQuery, dumps_compact, parse_json_body, round_mb
-from ..transport import HttpAnswer, PeerError, PeerTransport, as_transfer_error, check_answer, transfer_headers
+from ..transport import (
+    AnswerTail,
+    HttpAnswer,
+    PeerError,
+    PeerTransport,
+    as_transfer_error,
+    check_answer,
+    transfer_headers,
+)
 from ..workers import run_pool
 from .engine import JobContext
 from .model import JobRecord
 
 JOB_TYPE = "PullTransfer"
-STREAM_PIECE = 256 * 1024
+STREAM_PIECE = 128 * 1024
 
 
 def progress(completed: int, scheduled: int) -> float:
@@ -168,16 +176,18 @@ class PullJobType:
                 with lock:
                     verified.add(iid)
 
-        def fetch(item: Tuple[int, Bucket]) -> None:
+        def fetch(item: Tuple[int, Bucket], release: Callable[[], None]) -> None:
             index, bucket = item  # a whole bucket, or a slice of one (see planner.balance_last_round)
             uri = chunks_uri(bucket, query.compression)
             with lock:
                 skip = set(verified)
+            asked = time.monotonic()
             response = self.transport.stream(peer, uri)
             try:
                 if response.status_code != 200:
                     raise check_answer(peer, "GET", uri,
                                        HttpAnswer(response.status_code, response.headers, response.content), False)
+                tail = AnswerTail(response.headers.get("Content-Length"), time.monotonic() - asked)
                 writer = area.writer(bucket, skip)
                 decoder = codec.decoder(bucket.total_size)
                 received = 0
@@ -187,10 +197,11 @@ class PullJobType:
                             return
                         received += len(piece)
                         writer.write(decoder.update(piece))
-                    announced = response.headers.get("Content-Length")
-                    if announced is not None and announced.isdigit() and received < int(announced):
+                        if tail.hides_next_request(received, time.monotonic()):
+                            release()  # the next bucket's request overlaps the end of this answer
+                    if tail.length is not None and received < tail.length:
                         raise PeerError(f"Peer {peer.name!r} ({peer.url}) closed the connection after {received} "
-                                        f"of the {announced} bytes of bucket {index}")
+                                        f"of the {tail.length} bytes of bucket {index}")
                     writer.write(decoder.finish())
                 finally:
                     writer.close(complete=False)
@@ -217,12 +228,12 @@ class PullJobType:
             check_instances(complete)
             publish()
 
-        def handle(item: Tuple[int, Bucket]) -> None:
+        def handle(item: Tuple[int, Bucket], release: Callable[[], None]) -> None:
             index = item[0]
             attempt = 0
             while True:
                 try:
-                    fetch(item)
+                    fetch(item, release)
                     return
                 except CorruptedFile:
                     raise
@@ -245,7 +256,8 @@ class PullJobType:
         failures: List[BaseException] = []
         while not work.empty() and not failures:
             # Buckets put back by a failed MD5 check after the workers ended: go round again.
-            failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-pull-{ctx.id[:8]}")
+            failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-pull-{ctx.id[:8]}",
+                                overlap=True)
             ctx.check()
         publish()
         if failures:
@@ -272,8 +284,10 @@ class PullJobType:
         try:
             import_instances(area, instances, self.store, self.config.commit_threads_count, ctx.stop_event,
                              set(imported), created, on_imported)
+        except OrthancUnavailable:
+            raise  # Orthanc is stopping: nothing was rolled back, the commit goes on after the restart
         except Exception:
-            ctx.update_resume_state(Imported=[], Created=[])
+            ctx.update_resume_state(Imported=[], Created=[])  # rolled back by import_instances
             raise
         finally:
             ctx.save_now()

@@ -1,0 +1,181 @@
+"""The worker pool: every item handled once, at most ``threads`` at once (2x with early releases), errors
+end the work, a stop is honoured; and AnswerTail, which decides when a download gives its place early."""
+
+import queue
+import threading
+import time
+from typing import List
+
+import pytest
+
+from transfers_plugin.transport import AnswerTail
+from transfers_plugin.workers import run_pool
+
+WAIT = 10
+
+
+def queue_of(items) -> "queue.Queue":
+    q: "queue.Queue" = queue.Queue()
+    for item in items:
+        q.put(item)
+    return q
+
+
+class Meter:
+    """Counts concurrent handlers: ``active`` (all) and ``holding`` (those that have not released)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.active = self.holding = 0
+        self.max_active = self.max_holding = 0
+        self.done: List[int] = []
+
+    def enter(self):
+        with self.lock:
+            self.active += 1
+            self.holding += 1
+            self.max_active = max(self.max_active, self.active)
+            self.max_holding = max(self.max_holding, self.holding)
+
+    def give_back(self):
+        with self.lock:
+            self.holding -= 1
+
+    def leave(self, item, held):
+        with self.lock:
+            self.active -= 1
+            if held:
+                self.holding -= 1
+            self.done.append(item)
+
+
+@pytest.mark.parametrize("threads", [1, 3, 5])
+def test_every_item_once_and_at_most_threads_at_once(threads):
+    meter = Meter()
+
+    def handle(item):
+        meter.enter()
+        time.sleep(0.005)
+        meter.leave(item, True)
+
+    assert run_pool(queue_of(range(40)), threads, handle, threading.Event()) == []
+    assert sorted(meter.done) == list(range(40))
+    assert meter.max_active <= threads
+    if threads > 1:
+        assert meter.max_active > 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_early_release_lets_the_next_item_overlap_the_tail(threads):
+    meter = Meter()
+
+    def handle(item, release):
+        meter.enter()
+        time.sleep(0.01)  # the body of the answer
+        meter.give_back()
+        release()
+        release()  # twice is harmless
+        time.sleep(0.01)  # its tail, overlapped with the next item
+        meter.leave(item, False)
+
+    assert run_pool(queue_of(range(40)), threads, handle, threading.Event(), overlap=True) == []
+    assert sorted(meter.done) == list(range(40))
+    assert meter.max_holding <= threads
+    assert meter.max_active <= 2 * threads
+    assert meter.max_active > threads, "released places were taken while the tails ran"
+
+
+def test_without_a_release_overlap_changes_nothing():
+    meter = Meter()
+
+    def handle(item, release):
+        meter.enter()
+        time.sleep(0.005)
+        meter.leave(item, True)
+
+    assert run_pool(queue_of(range(20)), 2, handle, threading.Event(), overlap=True) == []
+    assert meter.max_active <= 2 and len(meter.done) == 20
+
+
+def test_a_failure_ends_the_work_and_is_returned():
+    taken: List[int] = []
+    lock = threading.Lock()
+
+    def handle(item):
+        with lock:
+            taken.append(item)
+        if item == 3:
+            raise ValueError("bucket 3 is broken")
+        time.sleep(0.01)
+
+    failures = run_pool(queue_of(range(100)), 2, handle, threading.Event())
+    assert len(failures) == 1 and "bucket 3" in str(failures[0])
+    assert len(taken) < 100
+
+
+def test_a_stop_ends_the_work_and_reports_nothing():
+    stop = threading.Event()
+    handled: List[int] = []
+
+    def handle(item, release):
+        handled.append(item)
+        if item == 2:
+            stop.set()
+            raise ConnectionAbortedError("interrupted by the stop")
+
+    assert run_pool(queue_of(range(50)), 1, handle, stop, overlap=True) == []
+    assert handled == [0, 1, 2]
+
+
+def test_waiting_for_a_place_honours_a_stop():
+    stop = threading.Event()
+    started = threading.Event()
+
+    def handle(item, release):
+        started.set()
+        stop.wait(WAIT)  # holds its place until the stop
+
+    def stopper():
+        assert started.wait(WAIT)
+        time.sleep(0.1)
+        stop.set()
+
+    threading.Thread(target=stopper, daemon=True).start()
+    t0 = time.monotonic()
+    assert run_pool(queue_of(range(10)), 1, handle, stop, overlap=True) == []
+    assert time.monotonic() - t0 < 2
+
+
+# --- AnswerTail -----------------------------------------------------------------------------------------
+
+def test_tail_never_without_a_length():
+    tail = AnswerTail(None, 1.0, started=0.0, min_bytes=0)
+    assert not tail.hides_next_request(10, 5.0)
+
+
+def test_tail_waits_for_enough_bytes_to_know_the_rate():
+    tail = AnswerTail("1000000", 10.0, started=0.0, min_bytes=100_000)
+    assert not tail.hides_next_request(99_999, 0.001)
+    assert tail.hides_next_request(100_000, 0.1)  # 900 KB at 1 MB/s: 0.9 s, under 10 s
+
+
+def test_tail_on_a_long_link():
+    # 2 MB answer at 3.2 MB/s; a new request takes 80 ms to get its first byte.
+    tail = AnswerTail(str(2_000_000), 0.080, started=0.0, min_bytes=128 * 1024)
+    rate = 3_200_000
+    released_at = next(n for n in range(128 * 1024, 2_000_001, 16 * 1024)
+                       if tail.hides_next_request(n, n / rate))
+    left = (2_000_000 - released_at) / rate
+    assert 0.060 <= left <= 0.080  # released about one first-byte delay before the end
+
+
+def test_tail_on_loopback_is_the_very_end():
+    tail = AnswerTail(str(4_000_000), 0.0005, started=0.0, min_bytes=128 * 1024)
+    rate = 1_000_000_000
+    assert not tail.hides_next_request(3_000_000, 3_000_000 / rate)
+    assert tail.hides_next_request(4_000_000, 4_000_000 / rate)
+
+
+@pytest.mark.parametrize("value", ["", "-5", "12a", "1.5"])
+def test_tail_ignores_a_bad_length(value):
+    assert AnswerTail(value, 1.0).length is None
