@@ -11,9 +11,10 @@ network profile (loopback, and a WAN emulated by tools/wan.py between A and B):
 - pull-*:  our ``/transfers/pull`` at B, with each compression;
 - cxx-*:   the same with the C++ plugin, if ``--cxx-plugin`` gives the path of its library.
 
-Each is run ``--runs`` times (the median counts); B is emptied before each run. The report gives seconds,
-MB/s, the ratio to built-in peers and to the link limit (bytes on the wire / capacity), CPU seconds and
-peak memory of each Orthanc; it is printed as a table and written as JSON and as a PNG chart.
+Each is run ``--runs`` times, in rounds of every mode (the median counts); B is emptied before each run.
+The report gives seconds, MB/s, the ratio to built-in peers and to the link limit (bytes on the wire /
+capacity), CPU seconds and peak memory of each Orthanc; it is printed as a table and written as JSON and
+as a PNG chart.
 """
 
 import argparse
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tools.orthanc_launcher import REPO_ROOT, OrthancServer, free_port
 from tools.synthetic import generate_study
@@ -143,30 +144,45 @@ def run_mode(setup: Setup, mode: str, studies: List[str]) -> None:
         raise RuntimeError(f"{mode}: job failed: {job['ErrorDescription']}")
 
 
-def measure(setup: Setup, mode: str, name: str, studies: List[str], expected: int, runs: int,
-            log: Callable[[str], None]) -> Dict[str, Any]:
-    samples = []
+def measure_once(setup: Setup, mode: str, studies: List[str], expected: int) -> Dict[str, Any]:
+    """One timed transfer into an emptied B: seconds, CPU seconds and peak memory of A and B, wire bytes."""
+    for patient in setup.b.get_json("/patients"):
+        setup.b.request("DELETE", f"/patients/{patient}")
+    for s in (setup.a, setup.b):
+        reset_peak(s.process.pid)
+    cpu_before = [cpu_seconds(s.process.pid) for s in (setup.a, setup.b)]
+    wire_before = setup.wire_bytes()
+    started = time.monotonic()
+    run_mode(setup, mode, studies)
+    elapsed = time.monotonic() - started
+    cpu = [cpu_seconds(s.process.pid) - c for s, c in zip((setup.a, setup.b), cpu_before)]
+    stored = int(setup.b.get_json("/statistics")["CountInstances"])
+    if stored != expected:
+        raise RuntimeError(f"{mode}: B holds {stored} of {expected} instances after the transfer")
+    return {"seconds": elapsed, "cpu_a": cpu[0], "cpu_b": cpu[1],
+            "peak_mb_a": peak_rss_mb(setup.a.process.pid), "peak_mb_b": peak_rss_mb(setup.b.process.pid),
+            "wire_bytes": setup.wire_bytes() - wire_before}
+
+
+def measure(setup: Setup, modes: List[Tuple[str, str]], studies: List[str], expected: int, runs: int,
+            log: Callable[[str], None]) -> List[Dict[str, Any]]:
+    """``runs`` rounds; each round runs every mode once, in the same order.
+
+    Rounds rather than all runs of one mode in a row: Orthanc gets slower as transfers accumulate in one
+    process (memory, database), and in a row the modes measured last would pay for it.
+    """
+    samples: Dict[str, List[Dict[str, Any]]] = {name: [] for _, name in modes}
     for i in range(runs):
-        for patient in setup.b.get_json("/patients"):
-            setup.b.request("DELETE", f"/patients/{patient}")
-        for s in (setup.a, setup.b):
-            reset_peak(s.process.pid)
-        cpu_before = [cpu_seconds(s.process.pid) for s in (setup.a, setup.b)]
-        wire_before = setup.wire_bytes()
-        started = time.monotonic()
-        run_mode(setup, mode, studies)
-        elapsed = time.monotonic() - started
-        cpu = [cpu_seconds(s.process.pid) - c for s, c in zip((setup.a, setup.b), cpu_before)]
-        stored = int(setup.b.get_json("/statistics")["CountInstances"])
-        if stored != expected:
-            raise RuntimeError(f"{mode}: B holds {stored} of {expected} instances after the transfer")
-        sample = {"seconds": elapsed, "cpu_a": cpu[0], "cpu_b": cpu[1],
-                  "peak_mb_a": peak_rss_mb(setup.a.process.pid), "peak_mb_b": peak_rss_mb(setup.b.process.pid),
-                  "wire_bytes": setup.wire_bytes() - wire_before}
-        samples.append(sample)
-        log(f"  {setup.profile:8} {name:14} run {i + 1}: {elapsed:6.2f} s")
-    median = statistics.median(s["seconds"] for s in samples)
-    return {"mode": name, "profile": setup.profile, "runs": samples, "median_seconds": median,
+        for mode, name in modes:
+            sample = measure_once(setup, mode, studies, expected)
+            samples[name].append(sample)
+            log(f"  {setup.profile:8} {name:14} run {i + 1}: {sample['seconds']:6.2f} s")
+    return [summarize(setup.profile, name, samples[name]) for _, name in modes]
+
+
+def summarize(profile: str, name: str, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+    return {"mode": name, "profile": profile, "runs": samples,
+            "median_seconds": statistics.median(s["seconds"] for s in samples),
             "median_cpu_a": statistics.median(s["cpu_a"] for s in samples),
             "median_cpu_b": statistics.median(s["cpu_b"] for s in samples),
             "peak_mb_a": max(s["peak_mb_a"] for s in samples), "peak_mb_b": max(s["peak_mb_b"] for s in samples),
@@ -291,12 +307,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     ids = [setup.a.upload(d) for d in studies]
                     study_ids = sorted({setup.a.get_json(f"/instances/{i}/study")["ID"] for i in ids})
                     # One resource list for all modes: the studies, each as one Study resource.
-                    for mode in modes:
-                        if prefix and mode not in OURS:
-                            continue
-                        name = prefix + mode
-                        log(f"{profile} / {name}")
-                        results.append(measure(setup, mode, name, study_ids, len(studies), args.runs, log))
+                    names = [(mode, prefix + mode) for mode in modes if not (prefix and mode not in OURS)]
+                    log(f"{profile} / {', '.join(name for _, name in names)}")
+                    results.extend(measure(setup, names, study_ids, len(studies), args.runs, log))
                 finally:
                     setup.stop()
                     shutil.rmtree(workdir / (prefix or "py") / profile, ignore_errors=True)
