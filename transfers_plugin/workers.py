@@ -14,7 +14,8 @@ the tail of the previous answer. At most ``threads`` items hold a place at once,
 
 import queue
 import threading
-from typing import Any, Callable, List
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Dict, Hashable, List, Sequence, Set
 
 _POLL = 0.1  # seconds between checks of the stop events while waiting for a place
 
@@ -81,3 +82,54 @@ def run_pool(work: "queue.Queue[Any]", threads: int, handle: Callable[..., None]
     for t in pool:
         t.join()
     return failures
+
+
+class Prefetcher:
+    """Prepares the values of keys ahead of their use, in the order of ``keys``.
+
+    ``take(key)`` returns ``prepare(key)``, computed beforehand when it could be, and starts preparing the
+    next keys not taken yet, so that at most ``ahead`` values are being prepared or wait to be taken. A push
+    uses it to read and compress the next buckets while the current ones are on the wire, so that a
+    connection does not idle while its next body is built. An error of ``prepare`` is raised by ``take``.
+    """
+
+    def __init__(self, keys: Sequence[Hashable], prepare: Callable[[Any], Any], ahead: int,
+                 name: str = "transfers-prefetch"):
+        self._keys = list(keys)
+        self._prepare = prepare
+        self._ahead = max(0, ahead)
+        self._lock = threading.Lock()
+        self._futures: Dict[Hashable, "Future[Any]"] = {}
+        self._taken: Set[Hashable] = set()
+        self._next = 0
+        self._executor = ThreadPoolExecutor(max_workers=max(1, self._ahead), thread_name_prefix=name)
+        self._closed = False
+
+    def take(self, key: Hashable) -> Any:
+        with self._lock:
+            self._taken.add(key)
+            future = self._futures.pop(key, None)
+            self._schedule()
+        if future is not None:
+            if not future.cancel():  # started or done: its value is coming
+                return future.result()
+            # still queued behind busy preparers: prepared here rather than waited for
+        return self._prepare(key)
+
+    def _schedule(self) -> None:
+        while not self._closed and len(self._futures) < self._ahead and self._next < len(self._keys):
+            key = self._keys[self._next]
+            self._next += 1
+            if key in self._taken or key in self._futures:
+                continue
+            self._futures[key] = self._executor.submit(self._prepare, key)
+
+    def close(self) -> None:
+        """Drops what was prepared and not taken; waits for nothing."""
+        with self._lock:
+            self._closed = True
+            futures = list(self._futures.values())
+            self._futures.clear()
+        for f in futures:
+            f.cancel()
+        self._executor.shutdown(wait=False)

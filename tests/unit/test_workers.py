@@ -9,7 +9,7 @@ from typing import List
 import pytest
 
 from transfers_plugin.transport import AnswerTail
-from transfers_plugin.workers import run_pool
+from transfers_plugin.workers import Prefetcher, run_pool
 
 WAIT = 10
 
@@ -179,3 +179,99 @@ def test_tail_on_loopback_is_the_very_end():
 @pytest.mark.parametrize("value", ["", "-5", "12a", "1.5"])
 def test_tail_ignores_a_bad_length(value):
     assert AnswerTail(value, 1.0).length is None
+
+
+# --- Prefetcher ------------------------------------------------------------------------------------------
+
+class Preparer:
+    def __init__(self, delay: float = 0.0, fail: object = None):
+        self.delay = delay
+        self.fail = fail
+        self.lock = threading.Lock()
+        self.calls: List[int] = []
+        self.active = 0
+        self.max_active = 0
+
+    def __call__(self, key):
+        with self.lock:
+            self.calls.append(key)
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            time.sleep(self.delay)
+            if key == self.fail:
+                raise OSError(f"cannot read bucket {key}")
+            return f"body-{key}"
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_prefetcher_gives_every_value_and_prepares_ahead():
+    prepare = Preparer(delay=0.01)
+    bodies = Prefetcher(list(range(10)), prepare, ahead=2)
+    assert bodies.take(0) == "body-0"
+    time.sleep(0.1)  # the next two are prepared meanwhile
+    with prepare.lock:
+        assert sorted(prepare.calls) == [0, 1, 2]
+    t0 = time.monotonic()
+    assert bodies.take(1) == "body-1" and bodies.take(2) == "body-2"
+    assert time.monotonic() - t0 < 0.01 + 0.05, "prepared ahead: no waiting"
+    assert [bodies.take(k) for k in range(3, 10)] == [f"body-{k}" for k in range(3, 10)]
+    assert sorted(prepare.calls) == list(range(10)), "each value prepared once"
+    bodies.close()
+
+
+def test_prefetcher_bounds_what_is_prepared_ahead():
+    prepare = Preparer()
+    bodies = Prefetcher(list(range(100)), prepare, ahead=3)
+    bodies.take(0)
+    time.sleep(0.1)
+    assert len(prepare.calls) == 4  # the one taken and three ahead, not the whole list
+    bodies.close()
+
+
+def test_prefetcher_with_nothing_ahead_prepares_on_take():
+    prepare = Preparer()
+    bodies = Prefetcher([5, 6], prepare, ahead=0)
+    assert bodies.take(6) == "body-6" and bodies.take(5) == "body-5"
+    assert prepare.calls == [6, 5]
+    bodies.close()
+
+
+def test_prefetcher_raises_the_error_of_a_prepared_value():
+    bodies = Prefetcher(list(range(4)), Preparer(fail=2), ahead=2)
+    assert bodies.take(0) == "body-0"
+    time.sleep(0.05)
+    assert bodies.take(1) == "body-1"
+    with pytest.raises(OSError, match="bucket 2"):
+        bodies.take(2)
+    assert bodies.take(3) == "body-3"
+    bodies.close()
+
+
+def test_prefetcher_under_concurrent_takes():
+    prepare = Preparer(delay=0.002)
+    keys = list(range(60))
+    bodies = Prefetcher(keys, prepare, ahead=4)
+    got: List[str] = []
+    lock = threading.Lock()
+
+    def handle(key):
+        value = bodies.take(key)
+        with lock:
+            got.append(value)
+
+    assert run_pool(queue_of(keys), 4, handle, threading.Event()) == []
+    bodies.close()
+    assert sorted(got) == sorted(f"body-{k}" for k in keys)
+    assert sorted(prepare.calls) == keys
+
+
+def test_prefetcher_close_drops_what_is_not_taken():
+    prepare = Preparer(delay=0.05)
+    bodies = Prefetcher(list(range(20)), prepare, ahead=2)
+    bodies.take(0)
+    bodies.close()
+    time.sleep(0.2)
+    assert len(prepare.calls) <= 3

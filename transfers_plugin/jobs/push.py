@@ -23,7 +23,7 @@ from ..errors import NetworkProtocol, NotFound, TransfersError
 from ..planner import balance_last_round, push_buckets
 from ..protocol import InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, parse_json_body, round_mb
 from ..transport import PeerError, PeerTransport, as_transfer_error, body_factory, transfer_headers
-from ..workers import run_pool
+from ..workers import Prefetcher, run_pool
 from .engine import JobContext
 from .model import JobRecord
 from .pull import network_speed_kbs, progress
@@ -104,13 +104,16 @@ class PushJobType:
         moved = [0]
         started = time.monotonic()
         last = [started]
+        todo = [index for index in range(len(buckets)) if index not in done]
         work: "queue.Queue[int]" = queue.Queue()
-        for index in range(len(buckets)):
-            if index not in done:
-                work.put(index)
+        for index in todo:
+            work.put(index)
         lock = threading.Lock()
         codec = self.config.codec(query.compression)
         path = state["Transaction"]
+        # The next bodies are read and encoded while the current ones are on the wire.
+        bodies = Prefetcher(todo, lambda index: codec.encode(self.source.bucket_payload(buckets[index])),
+                            self.config.threads, f"transfers-push-prepare-{ctx.id[:8]}")
 
         def publish() -> None:
             with lock:
@@ -121,7 +124,7 @@ class PushJobType:
 
         def handle(index: int) -> None:
             try:
-                body = codec.encode(self.source.bucket_payload(buckets[index]))
+                body = bodies.take(index)
                 self.transport.call(peer, "PUT", f"{path}/{index}", body=body_factory(body, ctx.stop_event),
                                     headers=self.headers(query, state, "application/octet-stream"),
                                     stop_event=ctx.stop_event)
@@ -141,7 +144,10 @@ class PushJobType:
             publish()
 
         publish()
-        failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-push-{ctx.id[:8]}")
+        try:
+            failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-push-{ctx.id[:8]}")
+        finally:
+            bodies.close()
         publish()
         if failures:
             raise failures[0]
