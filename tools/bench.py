@@ -11,7 +11,8 @@ network profile (loopback, and a WAN emulated by tools/wan.py between A and B):
 - pull-*:  our ``/transfers/pull`` at B, with each compression;
 - cxx-*:   the same with the C++ plugin, if ``--cxx-plugin`` gives the path of its library.
 
-Each is run ``--runs`` times, in rounds of every mode (the median counts); B is emptied before each run.
+Each is run ``--runs`` times, in rounds of every mode (the median counts); B is restarted with an empty
+storage before each run.
 The report gives seconds, MB/s, the ratio to built-in peers and to the link limit (bytes on the wire /
 capacity), CPU seconds and peak memory of each Orthanc; it is printed as a table and written as JSON and
 as a PNG chart.
@@ -100,6 +101,12 @@ class Setup:
         self.a.start()
         self.b.start()
 
+    def fresh_b(self) -> None:
+        """B restarted with an empty storage: every run imports into the same, new, Orthanc."""
+        self.b.stop()
+        shutil.rmtree(self.b.workdir, ignore_errors=True)
+        self.b.start()
+
     def stop(self) -> None:
         for s in (self.a, self.b):
             s.stop()
@@ -145,9 +152,9 @@ def run_mode(setup: Setup, mode: str, studies: List[str]) -> None:
 
 
 def measure_once(setup: Setup, mode: str, studies: List[str], expected: int) -> Dict[str, Any]:
-    """One timed transfer into an emptied B: seconds, CPU seconds and peak memory of A and B, wire bytes."""
-    for patient in setup.b.get_json("/patients"):
-        setup.b.request("DELETE", f"/patients/{patient}")
+    """One timed transfer into a new, empty B: seconds, CPU seconds and peak memory of A and B, wire bytes."""
+    setup.fresh_b()
+    os.sync()  # the previous runs' files written out now, not during this run
     for s in (setup.a, setup.b):
         reset_peak(s.process.pid)
     cpu_before = [cpu_seconds(s.process.pid) for s in (setup.a, setup.b)]
@@ -168,8 +175,9 @@ def measure(setup: Setup, modes: List[Tuple[str, str]], studies: List[str], expe
             log: Callable[[str], None]) -> List[Dict[str, Any]]:
     """``runs`` rounds; each round runs every mode once, in the same order.
 
-    Rounds rather than all runs of one mode in a row: Orthanc gets slower as transfers accumulate in one
-    process (memory, database), and in a row the modes measured last would pay for it.
+    Rounds rather than all runs of one mode in a row, and B restarted empty before each run: Orthanc gets
+    slower as transfers accumulate in one process (memory, database), and the modes measured last would
+    pay for it.
     """
     samples: Dict[str, List[Dict[str, Any]]] = {name: [] for _, name in modes}
     for i in range(runs):
