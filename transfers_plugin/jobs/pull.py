@@ -311,8 +311,9 @@ class PullJobType:
             self.rollback(record)
         if reason in ("success", "canceled", "discarded"):
             area.remove()
-            if reason != "success":
-                record.resume_state.clear()
+            # Nothing of it is needed any more, and every save of the jobs writes it (a finished job stays
+            # in the history): its instance lists would make each save as large as the transfers.
+            record.resume_state.clear()
 
 
 def parse_lookup_answer(body: bytes, expected_originator: Optional[str], peer: PeerConfig) -> List[InstanceInfo]:

@@ -172,5 +172,6 @@ class PushJobType:
                     self.log_info(f"Transfers: job {record.id}: push transaction {path} discarded at {peer.name!r}")
             except TransfersError as e:
                 self.log_warning(f"Transfers: job {record.id}: cannot discard the push transaction {path}: {e}")
-        if reason != "success":
-            state.clear()  # a resubmitted push starts again with a new transaction
+        # A resubmitted push starts again with a new transaction; a finished one needs nothing of it, and
+        # every save of the jobs would write its instance list again.
+        state.clear()
