@@ -95,10 +95,10 @@ class OrthancApi:
     # -- global properties -----------------------------------------------------------------------------
 
     def get_global_property(self, property_id: int, default: str = "") -> str:
-        return self.orthanc.GetGlobalProperty(property_id, default)
+        return self._call(self.orthanc.GetGlobalProperty, property_id, default)
 
     def set_global_property(self, property_id: int, value: str) -> None:
-        self.orthanc.SetGlobalProperty(property_id, value)
+        self._call(self.orthanc.SetGlobalProperty, property_id, value)
 
     # -- reading instances ---------------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ class OrthancApi:
         self.orthanc.ExtendOrthancExplorer(javascript)
 
     def register_lifecycle(self, on_started: Callable[[], None], on_stopped: Callable[[], None],
-                           poll_interval: float = 0.05) -> None:
+                           poll_interval: float = 0.25, max_poll_interval: float = 2.0) -> None:
         """``on_started`` once Orthanc's database can be called, ``on_stopped`` when the plugin is finalized.
 
         No change callback (``RegisterOnChangeCallback``) is used for this: with one registered, even an
@@ -197,27 +197,48 @@ class OrthancApi:
         answers error 2038 until the database is ready), and ``on_stopped`` runs when the plugin's Python
         is finalized, before its threads are (``threading._register_atexit``). By then the database can
         no longer be called: what must survive a restart is saved while the work goes on.
+
+        Orthanc logs each refused call ("Exception while invoking plugin service"), so the first poll
+        waits ``poll_interval`` (the database is usually open a few milliseconds after the plugin is
+        loaded) and the next ones wait longer and longer, up to ``max_poll_interval``.
         """
-        stopped = threading.Event()
+        lock = threading.Lock()  # started and stopped are decided one at a time
+        stopped = [False]
 
         def wait_for_database() -> None:
-            while not stopped.is_set():
+            interval = poll_interval
+            while True:
+                time.sleep(interval)
+                interval = min(max_poll_interval, interval * 1.5)
+                with lock:
+                    if stopped[0]:
+                        return
                 try:
                     self.orthanc.RestApiGet("/system")
                 except self.orthanc.OrthancException as e:
                     if not (e.args and e.args[0] == _DATABASE_UNAVAILABLE):
                         self.log_error(f"Transfers: unexpected answer of Orthanc while starting: {e}")
-                    time.sleep(poll_interval)
                     continue
-                try:
-                    on_started()
-                except Exception as e:  # noqa: BLE001 - reported; Orthanc goes on without the background work
-                    self.log_error(f"Transfers: starting the background work failed: {e}")
+                with lock:
+                    if stopped[0]:  # finalized meanwhile: start nothing
+                        return
+                    try:
+                        on_started()
+                    except Exception as e:  # noqa: BLE001 - reported; Orthanc goes on without background work
+                        self.log_error(f"Transfers: starting the background work failed: {e}")
                 return
 
         def at_exit() -> None:
-            stopped.set()
-            on_stopped()
+            # Never raise here: the interpreter's own exit hooks (thread pools) run after this one.
+            try:
+                with lock:
+                    stopped[0] = True
+                    on_stopped()
+            except Exception as e:  # noqa: BLE001
+                try:
+                    self.log_error(f"Transfers: stopping the background work failed: {e}")
+                except Exception:  # noqa: BLE001 - the logger may be gone too
+                    pass
 
         register = getattr(threading, "_register_atexit", None) or atexit.register
         register(at_exit)

@@ -4,8 +4,9 @@ stop, or an item failed for good (then the others finish the item they hold and 
 Pull downloads and push uploads both move their buckets with it; the items may be put back in the queue
 while the pool runs (a bucket to fetch again).
 
-With ``overlap``, a handler may give its place back before it ends: ``handle(item, release)``. Calling
-``release()`` lets another item start while this one finishes. A download calls it when what is left of
+With ``overlap``, a handler may give its place back before it ends: ``handle(item, place)``. Calling
+``place.release()`` lets another item start while this one finishes (and ``place.hold()`` takes a place
+again before the item starts over, e.g. a retry). A download calls it when what is left of
 its answer will take less time to arrive than a new request takes to get its first byte, so that the
 connection's idle gap between two requests (a round trip plus the peer's preparation) is hidden behind
 the tail of the previous answer. At most ``threads`` items hold a place at once, and at most
@@ -20,11 +21,14 @@ from typing import Any, Callable, Dict, Hashable, List, Sequence, Set
 _POLL = 0.1  # seconds between checks of the stop events while waiting for a place
 
 
-class _Place:
-    """One item's place in the pool, given back once (early, or when the item ends)."""
+class Place:
+    """One item's place in the pool. ``release()`` gives it back early (idempotent); ``hold()`` takes one
+    again before the item starts over (a retry), waiting as long as the pool is full; it answers False
+    when the work is stopping instead."""
 
-    def __init__(self, places: threading.Semaphore):
+    def __init__(self, places: threading.Semaphore, stopping: Callable[[], bool]):
         self._places = places
+        self._stopping = stopping
         self._lock = threading.Lock()
         self._held = True
 
@@ -35,28 +39,45 @@ class _Place:
             self._held = False
         self._places.release()
 
+    def hold(self) -> bool:
+        with self._lock:
+            if self._held:
+                return True
+        if not _acquire(self._places, self._stopping):
+            return False
+        with self._lock:
+            self._held = True
+        return True
+
+
+def _acquire(places: threading.Semaphore, stopping: Callable[[], bool]) -> bool:
+    while not places.acquire(timeout=_POLL):
+        if stopping():
+            return False
+    if stopping():  # the place came free because the work is ending: take no more
+        places.release()
+        return False
+    return True
+
 
 def run_pool(work: "queue.Queue[Any]", threads: int, handle: Callable[..., None],
              stop_event: threading.Event, name: str = "transfers-worker", overlap: bool = False
              ) -> List[BaseException]:
-    """Runs ``handle(item)`` (``handle(item, release)`` with ``overlap``) for the queued items; returns
+    """Runs ``handle(item)`` (``handle(item, place)`` with ``overlap``) for the queued items; returns
     the errors that ended the work (first first)."""
     threads = max(1, threads)
     failures: List[BaseException] = []
     abort = threading.Event()
     places = threading.Semaphore(threads)
 
-    def take_place() -> bool:
-        while not places.acquire(timeout=_POLL):
-            if stop_event.is_set() or abort.is_set():
-                return False
-        return True
+    def stopping() -> bool:
+        return stop_event.is_set() or abort.is_set()
 
     def worker() -> None:
-        while not (stop_event.is_set() or abort.is_set()):
-            if not take_place():
+        while not stopping():
+            if not _acquire(places, stopping):
                 return
-            place = _Place(places)
+            place = Place(places, stopping)
             try:
                 item = work.get_nowait()
             except queue.Empty:
@@ -64,7 +85,7 @@ def run_pool(work: "queue.Queue[Any]", threads: int, handle: Callable[..., None]
                 return
             try:
                 if overlap:
-                    handle(item, place.release)
+                    handle(item, place)
                 else:
                     handle(item)
             except BaseException as e:  # noqa: BLE001 - handed to the caller, which decides

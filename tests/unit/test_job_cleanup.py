@@ -43,3 +43,17 @@ def test_a_successful_push_keeps_no_resume_state(tmp_path):
                                Committed=True)
     job.cleanup(record, "success")
     assert record.resume_state == {}
+
+
+def test_cleanup_replaces_the_resume_state_instead_of_changing_it(tmp_path):
+    # The engine may be deep-copying the old dict to save it at that moment, without the job's lock:
+    # changing it in place could break that copy ("dictionary changed size during iteration").
+    pull = PullJobType(config(tmp_path), lambda: {}, None, None, tmp_path / "area")
+    push = PushJobType(config(tmp_path), lambda: {}, None, None)
+    for job, reason in ((pull, "success"), (pull, "discarded"), (push, "success"), (push, "failure")):
+        record = JobRecord("j4", job.name, {"Peer": "a"})
+        record.resume_state.update(Instances=INSTANCES, DoneBuckets=[0])
+        old = record.resume_state
+        job.cleanup(record, reason)
+        assert old == {"Instances": INSTANCES, "DoneBuckets": [0]}, (job.name, reason)
+        assert record.resume_state == {}

@@ -5,7 +5,6 @@ Timing: every wait polls with a generous deadline; the only duration asserted is
 or a cancel to take effect.
 """
 
-import copy
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -47,7 +46,8 @@ class Control:
         self.error: Optional[BaseException] = None  # run() raises this once
         self.retry_delay: Optional[float] = None  # run() raises RetryLater(delay) once
         self.ignore = threading.Event()  # while set, run() loops without checking anything
-        self.raise_on_stop = False  # when asked to stop, run() raises an unrelated exception
+        self.raise_on_stop = False  # when asked to stop, run() raises an unrelated exception: stop_error
+        self.stop_error: BaseException = ConnectionAbortedError("the download was interrupted")
         self.long_wait = False  # run() sleeps in context.wait(60)
         self.started = threading.Event()
         self.runs = 0
@@ -99,7 +99,7 @@ class FakeType:
                     context.wait(60)
                 elif ctl.raise_on_stop:
                     if context.stop_event.wait(0.01):
-                        raise ConnectionAbortedError("the download was interrupted")
+                        raise ctl.stop_error
                 else:
                     context.check()
                     context.wait(0.01)
@@ -753,25 +753,72 @@ def test_shutdown_keeps_a_pending_stop_request(make, action, final):
         assert h.fake.cleanups_of("a") == ["canceled"]
 
 
-def test_orthanc_stopping_under_a_job_is_a_shutdown_not_a_failure(make):
-    h = make()
+class ClosingStore(MemoryJobStore):
+    """Orthanc's global properties: once ``closed`` (Orthanc stopping), every save answers error 2038."""
+
+    def __init__(self):
+        super().__init__()
+        self.closed = False
+        self.calls = 0
+
+    def save(self, jobs):
+        self.calls += 1
+        if self.closed:
+            raise OrthancUnavailable("Plugin trying to call the database during its initialization")
+        super().save(jobs)
+
+
+@pytest.mark.parametrize("asked", [None, "cancel", "pause"])
+def test_orthanc_stopping_under_a_job_is_a_shutdown_not_a_failure(make, asked):
+    store = ClosingStore()
+    h = make(store=store)
     job = h.submit("a")
     h.wait_running(job, "a")
-    h.fake.control("a").error = OrthancUnavailable("Plugin trying to call the database during its initialization")
+    wait_until(lambda: saved_states(store).get("a") == RUNNING, what="the running job saved")
+    ctl = h.fake.control("a")
+    error = OrthancUnavailable("Plugin trying to call the database during its initialization")
+    store.closed = True
+    if asked is None:
+        ctl.error = error
+    else:  # the stop asked meets the closed database before the job's next check
+        ctl.stop_error = error
+        ctl.raise_on_stop = True
+        time.sleep(0.05)
+        (h.engine.cancel if asked == "cancel" else h.engine.pause)(job)
     h.wait_state(job, PENDING)
     other = h.submit("b")
     time.sleep(0.2)
     assert h.state(job) == PENDING and h.state(other) == PENDING, "nothing is scheduled while Orthanc stops"
+    # No failure, no cleanup (no rollback against a closed database), no error logged for the saves
+    # that cannot be done; what the next start resumes is the job as last saved: running.
     assert h.fake.cleanups == [] and h.errors == []
-    assert saved_states(h.store)["a"] == PENDING
+    assert saved_states(store) == {"a": RUNNING}
+    calls = store.calls
+    time.sleep(1.2)
+    assert store.calls == calls, "no save is tried once the database is known closed"
 
 
 def test_stop_without_saving_writes_nothing_more(make):
-    h = make()
+    store = ClosingStore()
+    h = make(store=store)
     job = h.submit("a")
     h.wait_running(job, "a")
-    before = copy.deepcopy(h.store.saved)
     h.engine.stop(timeout=5, save=False)
     assert h.fake.running == 0
     assert h.engine.get(job).state == PENDING
-    assert h.store.saved == before, "the store was written after stop(save=False)"
+    calls = store.calls
+    time.sleep(1.2)  # longer than the periodic save interval
+    assert store.calls == calls, "the store was written after stop(save=False)"
+
+
+def test_routes_can_wait_until_the_saved_jobs_are_loaded():
+    store = MemoryJobStore()
+    first = JobEngine({TYPE: FakeType()}, store)
+    first.start()
+    job_id = first.submit(TYPE, {"name": "a"}).id
+    first.stop(timeout=2)
+    engine = JobEngine({TYPE: FakeType()}, store)
+    assert not engine.wait_loaded(0.05) and not engine.owns(job_id)
+    threading.Timer(0.1, engine.start).start()
+    assert engine.wait_loaded(5) and engine.owns(job_id)
+    engine.stop(timeout=2)

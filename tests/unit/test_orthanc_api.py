@@ -495,3 +495,17 @@ def test_lifecycle_reports_a_failing_start(api, module, monkeypatch):
 def test_database_unavailable_is_its_own_error():
     error = translate_orthanc_exception(FakeOrthancException(2038, "Plugin trying to call the database"), "/x")
     assert isinstance(error, OrthancUnavailable) and error.orthanc_code == 2038 and error.status == 503
+
+
+def test_lifecycle_stop_hook_never_raises(api, module, monkeypatch):
+    # The interpreter's own exit hooks (thread pools) run after ours: an error must not skip them.
+    hooks = []
+    monkeypatch.setattr(threading, "_register_atexit", hooks.append, raising=False)
+    _database_ready_after(module, 10 ** 9)
+
+    def broken_stop():
+        raise RuntimeError("cannot stop")
+
+    api.register_lifecycle(lambda: None, broken_stop, poll_interval=0.01)
+    hooks[0]()
+    assert any(level == "error" and "cannot stop" in m for level, m in module.logs)

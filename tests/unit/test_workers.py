@@ -69,12 +69,12 @@ def test_every_item_once_and_at_most_threads_at_once(threads):
 def test_early_release_lets_the_next_item_overlap_the_tail(threads):
     meter = Meter()
 
-    def handle(item, release):
+    def handle(item, place):
         meter.enter()
         time.sleep(0.01)  # the body of the answer
         meter.give_back()
-        release()
-        release()  # twice is harmless
+        place.release()
+        place.release()  # twice is harmless
         time.sleep(0.01)  # its tail, overlapped with the next item
         meter.leave(item, False)
 
@@ -88,7 +88,7 @@ def test_early_release_lets_the_next_item_overlap_the_tail(threads):
 def test_without_a_release_overlap_changes_nothing():
     meter = Meter()
 
-    def handle(item, release):
+    def handle(item, place):
         meter.enter()
         time.sleep(0.005)
         meter.leave(item, True)
@@ -117,7 +117,7 @@ def test_a_stop_ends_the_work_and_reports_nothing():
     stop = threading.Event()
     handled: List[int] = []
 
-    def handle(item, release):
+    def handle(item, place):
         handled.append(item)
         if item == 2:
             stop.set()
@@ -131,7 +131,10 @@ def test_waiting_for_a_place_honours_a_stop():
     stop = threading.Event()
     started = threading.Event()
 
-    def handle(item, release):
+    handled: List[int] = []
+
+    def handle(item, place):
+        handled.append(item)
         started.set()
         stop.wait(WAIT)  # holds its place until the stop
 
@@ -144,6 +147,49 @@ def test_waiting_for_a_place_honours_a_stop():
     t0 = time.monotonic()
     assert run_pool(queue_of(range(10)), 1, handle, stop, overlap=True) == []
     assert time.monotonic() - t0 < 2
+    # The place freed by the stop is not taken by a waiting worker: no item starts after the stop.
+    assert handled == [0]
+
+
+def test_no_item_starts_after_a_failure_frees_a_place():
+    started: List[int] = []
+    lock = threading.Lock()
+
+    def handle(item, place):
+        with lock:
+            started.append(item)
+        if item == 0:
+            time.sleep(0.05)  # the others wait for this place
+            raise ValueError("bucket 0 is broken")
+        time.sleep(1.0)
+
+    failures = run_pool(queue_of(range(10)), 1, handle, threading.Event(), overlap=True)
+    assert len(failures) == 1
+    assert started == [0]
+
+
+def test_a_retry_after_a_release_takes_a_place_again():
+    meter = Meter()
+    attempts: List[int] = []
+    lock = threading.Lock()
+
+    def handle(item, place):
+        meter.enter()
+        meter.give_back()
+        place.release()  # near the end of the answer...
+        with lock:
+            attempts.append(item)
+        time.sleep(0.01)
+        assert place.hold()  # ...which then fails: the retry holds a place again
+        with meter.lock:
+            meter.holding += 1
+            meter.max_holding = max(meter.max_holding, meter.holding)
+        time.sleep(0.01)
+        meter.leave(item, True)
+
+    assert run_pool(queue_of(range(30)), 2, handle, threading.Event(), overlap=True) == []
+    assert sorted(meter.done) == list(range(30))
+    assert meter.max_holding <= 2, "retries hold places like any item"
 
 
 # --- AnswerTail -----------------------------------------------------------------------------------------
@@ -268,10 +314,14 @@ def test_prefetcher_under_concurrent_takes():
     assert sorted(prepare.calls) == keys
 
 
-def test_prefetcher_close_drops_what_is_not_taken():
-    prepare = Preparer(delay=0.05)
+def test_prefetcher_after_close_prepares_nothing_ahead():
+    prepare = Preparer(delay=0.02)
     bodies = Prefetcher(list(range(20)), prepare, ahead=2)
     bodies.take(0)
     bodies.close()
-    time.sleep(0.2)
-    assert len(prepare.calls) <= 3
+    time.sleep(0.1)
+    before = len(prepare.calls)
+    assert before <= 3
+    assert bodies.take(5) == "body-5"  # still usable, prepared on the spot
+    time.sleep(0.1)
+    assert len(prepare.calls) == before + 1, "nothing more is prepared ahead once closed"

@@ -160,13 +160,29 @@ class JobEngine:
         self._save_lock = threading.Lock()
         self._cleaning: Dict[str, int] = {}  # jobs whose end-of-job cleanup has not run yet
         self._running = False
+        self._loaded = threading.Event()  # set once start() has loaded the saved jobs
         self._store_closed = False
         self._scheduler: Optional[threading.Thread] = None
 
     # -- life cycle ----------------------------------------------------------------------------------
 
+    def wait_loaded(self, timeout: float) -> bool:
+        """Waits until the saved jobs are loaded (``start``); False if they are not after ``timeout``."""
+        return self._loaded.wait(timeout)
+
     def start(self) -> None:
         """Loads the saved jobs (unfinished ones go on) and starts scheduling."""
+        try:
+            self._load()
+            with self._lock:
+                self._running = True
+            scheduler = threading.Thread(target=self._schedule, name="transfers-jobs", daemon=True)
+            scheduler.start()
+            self._scheduler = scheduler  # only a started thread, which stop() may join
+        finally:
+            self._loaded.set()
+
+    def _load(self) -> None:
         if self.store is not None:
             for item in self.store.load():
                 try:
@@ -181,10 +197,6 @@ class JobEngine:
                 self._sequence = itertools.count(max(r.sequence for r in self._jobs.values()) + 1)
                 unfinished = sum(1 for r in self._jobs.values() if not r.finished)
                 self.log_warning(f"Transfers: {len(self._jobs)} saved job(s) loaded, {unfinished} unfinished")
-        with self._lock:
-            self._running = True
-        self._scheduler = threading.Thread(target=self._schedule, name="transfers-jobs", daemon=True)
-        self._scheduler.start()
 
     def stop(self, timeout: float = 5.0, save: bool = True) -> None:
         """Stops every running job (they go on at the next start) and the scheduler, then saves the state;
@@ -348,14 +360,15 @@ class JobEngine:
                 self.log_info(f"Transfers: job {record.id} will be retried in {e.delay} s: {e}")
             elif record.stop_request is not None or isinstance(e, OrthancUnavailable):
                 # Asked to stop, and the work was interrupted (an aborted download...), or Orthanc is
-                # stopping and its database can no longer be called: the job goes on at the next start.
-                reason = record.stop_request or STOP_SHUTDOWN
+                # stopping and its database can no longer be called: then it is a shutdown whatever was
+                # asked (a cancel could neither roll back nor be saved), and the job goes on at the next start.
+                reason = STOP_SHUTDOWN if isinstance(e, OrthancUnavailable) else record.stop_request
                 with self._lock:
                     record.stopped(reason, self.clock())
                 if isinstance(e, OrthancUnavailable):
-                    # Orthanc's database is closed to plugins: Orthanc is stopping. Save the state while
-                    # it may still work, then stop everything (jobs go on at the next start).
-                    self._save()
+                    # Orthanc's database is closed to plugins: Orthanc is stopping. Nothing can be saved
+                    # any more (what was saved, at most a second ago, is what the next start resumes) and
+                    # nothing more is started.
                     self._halt(close_store=True)
                 if reason == STOP_CANCEL:
                     cleanup_reason = "canceled"
@@ -428,13 +441,17 @@ class JobEngine:
         if self.store is None or self._store_closed:
             return
         with self._save_lock:  # snapshots are written in the order they are taken
-            with self._lock:
-                snapshot = copy.deepcopy(
-                    [r.to_persisted() for r in sorted(self._jobs.values(), key=lambda r: r.sequence)])
-                self._dirty = False
-                self._last_save = time.monotonic()
             try:
+                with self._lock:
+                    snapshot = copy.deepcopy(
+                        [r.to_persisted() for r in sorted(self._jobs.values(), key=lambda r: r.sequence)])
+                    self._dirty = False
+                    self._last_save = time.monotonic()
                 self.store.save(snapshot)
+            except OrthancUnavailable:
+                # Orthanc's database is closed to plugins: Orthanc is stopping. Nothing more can be saved.
+                with self._lock:
+                    self._store_closed = True
             except Exception as e:  # noqa: BLE001 - the jobs go on; the log says state was not saved
                 self._dirty = True
                 self.log_error(f"Transfers: cannot save the jobs: {e}")

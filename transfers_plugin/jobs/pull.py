@@ -34,7 +34,7 @@ from ..transport import (
     check_answer,
     transfer_headers,
 )
-from ..workers import run_pool
+from ..workers import Place, run_pool
 from .engine import JobContext
 from .model import JobRecord
 
@@ -176,11 +176,13 @@ class PullJobType:
                 with lock:
                     verified.add(iid)
 
-        def fetch(item: Tuple[int, Bucket], release: Callable[[], None]) -> None:
+        def fetch(item: Tuple[int, Bucket], place: Place) -> None:
             index, bucket = item  # a whole bucket, or a slice of one (see planner.balance_last_round)
             uri = chunks_uri(bucket, query.compression)
             with lock:
                 skip = set(verified)
+            if ctx.stop_event.is_set():
+                return
             asked = time.monotonic()
             response = self.transport.stream(peer, uri)
             try:
@@ -198,7 +200,7 @@ class PullJobType:
                         received += len(piece)
                         writer.write(decoder.update(piece))
                         if tail.hides_next_request(received, time.monotonic()):
-                            release()  # the next bucket's request overlaps the end of this answer
+                            place.release()  # the next bucket's request overlaps the end of this answer
                     if tail.length is not None and received < tail.length:
                         raise PeerError(f"Peer {peer.name!r} ({peer.url}) closed the connection after {received} "
                                         f"of the {tail.length} bytes of bucket {index}")
@@ -228,12 +230,12 @@ class PullJobType:
             check_instances(complete)
             publish()
 
-        def handle(item: Tuple[int, Bucket], release: Callable[[], None]) -> None:
+        def handle(item: Tuple[int, Bucket], place: Place) -> None:
             index = item[0]
             attempt = 0
             while True:
                 try:
-                    fetch(item, release)
+                    fetch(item, place)
                     return
                 except CorruptedFile:
                     raise
@@ -247,7 +249,7 @@ class PullJobType:
                     attempt += 1
                     self.log_warning(f"Transfers: job {ctx.id}: bucket {index} failed ({error}); "
                                      f"attempt {attempt + 1} in {delay:.0f} s")
-                    if ctx.stop_event.wait(delay):
+                    if ctx.stop_event.wait(delay) or not place.hold():  # a retry takes a place again
                         return
 
         if pending_check:
@@ -299,8 +301,8 @@ class PullJobType:
         deleted = rollback(self.store, created)
         if deleted:
             self.log_warning(f"Transfers: job {record.id}: {deleted} imported instance(s) deleted again")
-        record.resume_state["Created"] = []
-        record.resume_state["Imported"] = []
+        # A new dict, never a change in place: the engine may be copying the old one to save it.
+        record.resume_state = dict(record.resume_state, Created=[], Imported=[])
 
     # -- end of the job ------------------------------------------------------------------------------
 
@@ -312,8 +314,9 @@ class PullJobType:
         if reason in ("success", "canceled", "discarded"):
             area.remove()
             # Nothing of it is needed any more, and every save of the jobs writes it (a finished job stays
-            # in the history): its instance lists would make each save as large as the transfers.
-            record.resume_state.clear()
+            # in the history): its instance lists would make each save as large as the transfers. A new
+            # dict, never a change in place: the engine may be copying the old one to save it.
+            record.resume_state = {}
 
 
 def parse_lookup_answer(body: bytes, expected_originator: Optional[str], peer: PeerConfig) -> List[InstanceInfo]:

@@ -173,5 +173,6 @@ class PushJobType:
             except TransfersError as e:
                 self.log_warning(f"Transfers: job {record.id}: cannot discard the push transaction {path}: {e}")
         # A resubmitted push starts again with a new transaction; a finished one needs nothing of it, and
-        # every save of the jobs would write its instance list again.
-        state.clear()
+        # every save of the jobs would write its instance list again. A new dict, never a change in place:
+        # the engine may be copying the old one to save it.
+        record.resume_state = {}

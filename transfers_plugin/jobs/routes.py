@@ -5,6 +5,9 @@ A plugin route takes precedence over the core's, so these handlers see every req
 pass everything else to the core (``core_get_json``, ``core_post``, ``core_request`` of the Orthanc
 boundary). Sub-routes the plugin does not register (``/jobs/{id}/archive``...) stay the core's.
 
+Until the engine has loaded the saved jobs (just after Orthanc starts), these routes wait for it, up to
+``STARTUP_WAIT`` seconds: a client asking for a saved job right after a restart must not get a 404.
+
 The SDK reports any non-200 answer of the core as "unknown resource" without its status, so a refusal is
 answered with the status the core gives on HTTP: 404 for ``GET /jobs/{id}``, 400 for an action.
 """
@@ -16,6 +19,7 @@ from ..protocol import dumps_styled
 from ..routes import JSON_TYPE, Request, Response, Router
 
 ACTIONS = ("pause", "resume", "cancel", "resubmit")
+STARTUP_WAIT = 10.0
 
 
 def _query(request: Request) -> str:
@@ -26,12 +30,14 @@ def _query(request: Request) -> str:
 
 def build_job_routes(router: Router, engine: Any, core: Any) -> None:
     def jobs(request: Request) -> Response:
+        engine.wait_loaded(STARTUP_WAIT)
         expand = "expand" in request.args and request.args["expand"].lower() not in ("false", "0")
         ours = engine.list_json() if expand else engine.list_ids()
         theirs = core.core_get_json("/jobs" + _query(request))
         return Response(200, dumps_styled(list(theirs) + ours), JSON_TYPE)
 
     def job(request: Request) -> Response:
+        engine.wait_loaded(STARTUP_WAIT)
         job_id = request.groups[0]
         if engine.owns(job_id):
             if request.method != "GET":
@@ -40,6 +46,7 @@ def build_job_routes(router: Router, engine: Any, core: Any) -> None:
         return _delegate(request, f"/jobs/{job_id}" + _query(request))
 
     def action(request: Request) -> Response:
+        engine.wait_loaded(STARTUP_WAIT)
         job_id, name = request.groups
         if engine.owns(job_id):
             if request.method == "GET":  # the core reads GET /jobs/{id}/{name} as a job output
