@@ -12,12 +12,13 @@ from typing import Any, Dict, List, Optional
 
 from . import PLUGIN_NAME, __version__
 from .config import ConfigError, TransfersConfig, merge_registered_peers, parse_configuration
-from .errors import NetworkProtocol, NotFound
+from .errors import NetworkProtocol, NotFound, TransfersError
 from .jobs.engine import JobEngine
 from .jobs.pull import PullJobType
 from .jobs.push import PushJobType
 from .jobs.routes import build_job_routes
 from .jobs.store import GlobalPropertyJobStore
+from .journal import CommitJournal
 from .peers import has_transfers_plugin, probe_peers
 from .protocol import TransferQuery, dumps_compact, parse_json_body
 from .receiver import PushReceiver
@@ -54,7 +55,8 @@ class Application:
         if config.max_push_transactions > 0:
             self.receiver = PushReceiver(config.max_push_transactions, self.download_root, api,
                                          config.commit_threads_count, config.push_transaction_timeout,
-                                         api.log_warning)
+                                         api.log_warning,
+                                         journal=CommitJournal(api.get_global_property, api.set_global_property))
             build_push_routes(self.router, self.receiver)
 
     # -- what the routes need ------------------------------------------------------------------------
@@ -119,6 +121,11 @@ class Application:
     # -- Orthanc events ------------------------------------------------------------------------------
 
     def on_started(self) -> None:
+        if self.receiver is not None:
+            try:
+                self.receiver.recover()
+            except TransfersError as e:
+                self.api.log_error(f"Transfers: rolling back interrupted push commits failed: {e}")
         self.engine.start()
         self.sweep_download_root()
         if self.receiver is not None:

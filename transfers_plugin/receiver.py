@@ -8,7 +8,8 @@ Compared with the C++ receiver (protocol.md 7), on the same wire:
   sender retries later. Transactions idle for ``PushTransactionTimeout`` seconds are discarded;
 - a commit repeated after a lost answer gets 200 again (recently committed IDs are remembered), and a
   commit that arrives while the same one runs waits for it;
-- a failed commit leaves nothing imported.
+- a failed commit leaves nothing imported, and neither does one interrupted by a crash: it is recorded in
+  a journal while it runs and rolled back at the next start.
 """
 
 import re
@@ -17,12 +18,22 @@ import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import codec as codecs
 from .download_area import DownloadArea
-from .errors import BadFileFormat, BadRequest, Conflict, NotFound, ParameterOutOfRange, TransfersError, Unavailable
-from .importer import import_instances
+from .errors import (
+    BadFileFormat,
+    BadRequest,
+    Conflict,
+    NotFound,
+    OrthancUnavailable,
+    ParameterOutOfRange,
+    TransfersError,
+    Unavailable,
+)
+from .importer import import_instances, rollback
+from .journal import CommitJournal, created_since, last_change
 from .protocol import PushDescriptor
 
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
@@ -80,7 +91,11 @@ class Transaction:
 class PushReceiver:
     def __init__(self, max_transactions: int, download_root: Path, store: Any, commit_threads: int = 1,
                  idle_timeout: float = 3600.0, log_warning: Callable[[str], None] = lambda m: None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, journal: Optional[CommitJournal] = None):
+        """``journal`` (with ``store.core_get_json``) records each commit while it runs, so that one a crash
+        interrupts is rolled back at the next start (:meth:`recover`): transactions do not survive a
+        restart, and their sender cannot finish them."""
+        self.journal = journal
         self.max_transactions = max_transactions
         self.download_root = Path(download_root)
         self.store = store
@@ -211,7 +226,17 @@ class PushReceiver:
                 raise BadRequest(f"Push transaction {tid}: {len(missing)} bucket(s) never arrived, e.g. {missing[0]}")
             for info in t.descriptor.instances:
                 t.area.verify(info.id)
-            import_instances(t.area, t.descriptor.instances, self.store, self.commit_threads)
+            if self.journal is not None:
+                self.journal.begin(tid, last_change(self.store.core_get_json),
+                                   [i.id for i in t.descriptor.instances])
+            try:
+                import_instances(t.area, t.descriptor.instances, self.store, self.commit_threads)
+            except OrthancUnavailable:
+                raise  # Orthanc is stopping: the journal entry stays, the next start rolls the commit back
+            except BaseException:
+                self._end_journal(tid)  # rolled back by import_instances
+                raise
+            self._end_journal(tid)
         except BaseException:
             with t.lock:
                 t.committing = False
@@ -229,6 +254,26 @@ class PushReceiver:
         with self._lock:
             self._transactions.pop(tid, None)
         t.area.remove()
+
+    def _end_journal(self, tid: str) -> None:
+        if self.journal is not None:
+            self.journal.end(tid)
+
+    def recover(self) -> int:
+        """Rolls back the commits a crash or a stop interrupted (left in the journal); returns how many
+        instances were deleted."""
+        if self.journal is None:
+            return 0
+        deleted = 0
+        for tid, (since, instance_ids) in self.journal.entries().items():
+            created = created_since(self.store.core_get_json, since, instance_ids)
+            removed = rollback(self.store, list(created))
+            deleted += removed
+            self.log_warning(f"Transfers: the commit of push transaction {tid} was interrupted by a restart; "
+                             f"the {removed} instance(s) it had imported were deleted again, so that nothing "
+                             f"of it stays half-imported (the sender must send it again)")
+            self.journal.end(tid)
+        return deleted
 
     def discard(self, tid: str) -> None:
         t = self._get(tid)

@@ -1,5 +1,7 @@
 """What a finished transfer job leaves in its record: nothing to resume, so every later save stays small."""
 
+import pytest
+
 from transfers_plugin.config import parse_configuration
 from transfers_plugin.jobs.model import JobRecord
 from transfers_plugin.jobs.pull import PullJobType
@@ -57,3 +59,76 @@ def test_cleanup_replaces_the_resume_state_instead_of_changing_it(tmp_path):
         job.cleanup(record, reason)
         assert old == {"Instances": INSTANCES, "DoneBuckets": [0]}, (job.name, reason)
         assert record.resume_state == {}
+
+
+# --- the commit of a pull, interrupted then resumed -------------------------------------------------------
+
+class ImportStore:
+    """store_instance/delete_instance and Orthanc's change log of NewInstance changes."""
+
+    def __init__(self, ids_by_data, fail_at=None, failure=None):
+        self.ids_by_data = ids_by_data
+        self.stored = {}
+        self.changes = []
+        self.calls = 0
+        self.fail_at = fail_at
+        self.failure = failure
+        self.deleted = []
+
+    def store_instance(self, data):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise self.failure
+        iid = self.ids_by_data[data]
+        status = "AlreadyStored" if iid in self.stored else "Success"
+        self.stored[iid] = data
+        if status == "Success":
+            self.changes.append(iid)
+        return {"ID": iid, "Status": status}
+
+    def delete_instance(self, instance_id):
+        self.deleted.append(instance_id)
+        self.stored.pop(instance_id, None)
+
+    def core_get_json(self, uri):
+        if uri == "/changes?last":
+            return {"Changes": [], "Done": True, "Last": len(self.changes)}
+        since = int(uri.split("since=")[1].split("&")[0])
+        page = [{"ChangeType": "NewInstance", "ResourceType": "Instance", "ID": iid, "Seq": n + 1}
+                for n, iid in enumerate(self.changes) if n + 1 > since]
+        return {"Changes": page, "Done": True, "Last": len(self.changes)}
+
+
+def test_a_resumed_commit_counts_as_created_what_its_lost_last_second_imported(tmp_path):
+    import hashlib
+
+    from transfers_plugin.download_area import DownloadArea
+    from transfers_plugin.errors import CorruptedFile, OrthancUnavailable
+    from transfers_plugin.jobs.engine import JobContext, JobEngine
+    from transfers_plugin.protocol import Bucket, Chunk
+
+    datas = {f"{k:08x}-00000000-00000000-00000000-00000000": bytes([k]) * (100 + k) for k in range(6)}
+    instances = [InstanceInfo(i, len(d), hashlib.md5(d).hexdigest()) for i, d in sorted(datas.items())]
+    area = DownloadArea(tmp_path / "area", instances)
+    area.prepare()
+    for info in instances:
+        area.write_bucket(Bucket((Chunk(info.id, 0, info.size),)), datas[info.id])
+    ids = [i.id for i in instances]
+    store = ImportStore({d: i for i, d in datas.items()}, fail_at=4, failure=OrthancUnavailable("stopping"))
+    job = PullJobType(config(tmp_path), lambda: {}, None, store, tmp_path)
+    engine = JobEngine({job.name: job})
+    record = JobRecord("j5", job.name, {"Peer": "a"})
+    ctx = JobContext(engine, record)
+    with pytest.raises(OrthancUnavailable):  # Orthanc stops after three imports
+        job.commit(ctx, instances, area)
+    assert list(store.stored) == ids[:3]
+    # What the saved state says: only the first import was recorded before the crash.
+    record.resume_state["Imported"] = ids[:1]
+    record.resume_state["Created"] = ids[:1]
+    # After the restart the commit goes on, and then an import fails for good: the rollback must remove
+    # every instance this job created, the three of before the crash included.
+    store.calls, store.fail_at, store.failure = 0, 4, CorruptedFile("disk full")
+    with pytest.raises(CorruptedFile):
+        job.commit(JobContext(engine, record), instances, area)
+    assert store.stored == {}, "the rollback left instances of the interrupted commit"
+    assert "CommitSince" not in record.resume_state  # a resubmit commits from the start

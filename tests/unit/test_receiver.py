@@ -29,6 +29,7 @@ from transfers_plugin.errors import (
     TransfersError,
     Unavailable,
 )
+from transfers_plugin.journal import CommitJournal
 from transfers_plugin.protocol import Bucket, Chunk, InstanceInfo, PushDescriptor
 from transfers_plugin.receiver import IDLE_EVICTION, PushReceiver, validate_descriptor
 
@@ -62,6 +63,7 @@ class FakeStore:
         self.failure: BaseException = StoreFailure("the disk is full")
         self.answer_id: Optional[str] = None  # answer this ID instead of the right one
         self.gate: Optional[threading.Event] = None
+        self.changes: List[str] = []  # IDs of the NewInstance changes, in order
         self.entered = threading.Event()
 
     def store_instance(self, data: bytes) -> Dict[str, Any]:
@@ -80,7 +82,19 @@ class FakeStore:
         with self.lock:
             status = "AlreadyStored" if stored_id in self.stored else "Success"
             self.stored[stored_id] = bytes(data)
+            if status == "Success":
+                self.changes.append(stored_id)
         return {"ID": stored_id, "Status": status}
+
+    def core_get_json(self, uri: str) -> Any:
+        """Orthanc's change log of NewInstance changes, one page holding everything."""
+        with self.lock:
+            if uri == "/changes?last":
+                return {"Changes": [], "Done": True, "Last": len(self.changes)}
+            since = int(uri.split("since=")[1].split("&")[0])
+            page = [{"ChangeType": "NewInstance", "ResourceType": "Instance", "ID": iid, "Seq": n + 1}
+                    for n, iid in enumerate(self.changes) if n + 1 > since]
+            return {"Changes": page, "Done": True, "Last": len(self.changes)}
 
     def delete_instance(self, instance_id: str) -> None:
         with self.lock:
@@ -905,3 +919,68 @@ def test_orthanc_stopping_during_a_commit_rolls_nothing_back(root):
     with pytest.raises(OrthancUnavailable):
         receiver.commit(tid)
     assert store.deleted == [] and list(store.stored) == ids[:1]
+
+
+# --- the commit journal: an interrupted commit is rolled back at the next start --------------------------
+
+def journal_over(properties: Dict[int, str]) -> CommitJournal:
+    return CommitJournal(lambda pid, default: properties.get(pid, default),
+                         lambda pid, value: properties.__setitem__(pid, value))
+
+
+def test_a_commit_is_in_the_journal_only_while_it_runs(root):
+    transfer = Transfer("none")
+    store = FakeStore(transfer.files)
+    store.gate = threading.Event()
+    properties: Dict[int, str] = {}
+    receiver = make_receiver(root, store, journal=journal_over(properties))
+    tid = receiver.create(transfer.descriptor)
+    put_all(receiver, tid, transfer)
+    thread, outcome = run_in_thread(receiver.commit, tid)
+    assert store.entered.wait(WAIT)
+    assert list(journal_over(properties).entries()) == [tid]
+    assert sorted(journal_over(properties).entries()[tid][1]) == sorted(transfer.files)
+    store.gate.set()
+    thread.join(WAIT)
+    assert "error" not in outcome
+    assert journal_over(properties).entries() == {}
+
+
+def test_a_failed_commit_leaves_no_journal_entry(root):
+    transfer = Transfer("none")
+    store = FakeStore(transfer.files)
+    store.fail_at = 2
+    properties: Dict[int, str] = {}
+    receiver = make_receiver(root, store, journal=journal_over(properties))
+    tid = receiver.create(transfer.descriptor)
+    put_all(receiver, tid, transfer)
+    with pytest.raises(TransfersError):
+        receiver.commit(tid)
+    assert store.stored == {} and journal_over(properties).entries() == {}
+
+
+def test_a_commit_interrupted_by_a_stop_is_rolled_back_at_the_next_start(root):
+    transfer = Transfer("none")
+    ids = sorted(transfer.files)
+    store = FakeStore(transfer.files)
+    already = ids[0]
+    store.stored[already] = transfer.files[already]  # Orthanc had it before: it must stay
+    store.fail_at = 3
+    store.failure = OrthancUnavailable("Plugin trying to call the database during its initialization")
+    properties: Dict[int, str] = {}
+    receiver = make_receiver(root, store, journal=journal_over(properties))
+    tid = receiver.create(transfer.descriptor)
+    put_all(receiver, tid, transfer)
+    with pytest.raises(OrthancUnavailable):
+        receiver.commit(tid)
+    assert set(store.stored) == {ids[0], ids[1]}  # nothing rolled back while Orthanc stops
+    # The next start: a new receiver over the same database.
+    warnings: List[str] = []
+    store.fail_at = None
+    after = make_receiver(root, store, journal=journal_over(properties), log_warning=warnings.append)
+    assert after.recover() == 1
+    assert set(store.stored) == {already}
+    assert journal_over(properties).entries() == {}
+    assert any(tid in w and "deleted again" in w for w in warnings)
+    assert after.recover() == 0
+

@@ -127,6 +127,11 @@ class JobContext:
             self.record.resume_state.update(values)
         self._engine._mark_dirty()
 
+    def drop_resume_state(self, *keys: str) -> None:
+        with self._engine._lock:
+            self.record.resume_state = {k: v for k, v in self.record.resume_state.items() if k not in keys}
+        self._engine._mark_dirty()
+
     def touch(self) -> None:
         """The resume state was changed in place: save it with the next periodic save."""
         self._engine._mark_dirty()

@@ -23,6 +23,7 @@ from ..config import PeerConfig, TransfersConfig
 from ..download_area import DownloadArea, instances_of
 from ..errors import BadRequest, CorruptedFile, NetworkProtocol, NotFound, OrthancUnavailable, TransfersError
 from ..importer import import_instances, rollback
+from ..journal import created_since, last_change
 from ..planner import balance_last_round, chunks_uri, pull_buckets
 from ..protocol import Bucket, InstanceInfo, TransferQuery, dumps_compact, parse_json_body, round_mb
 from ..transport import (
@@ -275,7 +276,18 @@ class PullJobType:
         state = ctx.resume_state
         imported: List[str] = list(state.get("Imported", []))  # appended to, never copied: no O(n^2)
         created: List[str] = list(state.get("Created", []))
+        if "CommitSince" not in state:
+            ctx.update_resume_state(CommitSince=last_change(self.store.core_get_json))
+        else:
+            # An interrupted commit goes on. The imports of its last second may be missing from the saved
+            # state; Orthanc's change log knows them: they count as created by this job (a rollback removes
+            # them) and, not being in Imported, are stored again (Orthanc answers AlreadyStored).
+            for instance_id in created_since(self.store.core_get_json, int(state["CommitSince"]),
+                                             [i.id for i in instances]):
+                if instance_id not in created:
+                    created.append(instance_id)
         ctx.update_resume_state(Imported=imported, Created=created)
+        ctx.save_now()
         lock = threading.Lock()
 
         def on_imported(instance_id: str, new: bool) -> None:
@@ -289,7 +301,9 @@ class PullJobType:
         except OrthancUnavailable:
             raise  # Orthanc is stopping: nothing was rolled back, the commit goes on after the restart
         except Exception:
-            ctx.update_resume_state(Imported=[], Created=[])  # rolled back by import_instances
+            # Rolled back by import_instances: a resubmit commits from the start, with a new CommitSince.
+            ctx.update_resume_state(Imported=[], Created=[])
+            ctx.drop_resume_state("CommitSince")
             raise
         finally:
             ctx.save_now()
@@ -302,7 +316,8 @@ class PullJobType:
         if deleted:
             self.log_warning(f"Transfers: job {record.id}: {deleted} imported instance(s) deleted again")
         # A new dict, never a change in place: the engine may be copying the old one to save it.
-        record.resume_state = dict(record.resume_state, Created=[], Imported=[])
+        record.resume_state = {k: v for k, v in dict(record.resume_state, Created=[], Imported=[]).items()
+                               if k != "CommitSince"}
 
     # -- end of the job ------------------------------------------------------------------------------
 
