@@ -6,6 +6,7 @@ with a fake one. Nothing here imports ``orthanc``.
 
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -36,6 +37,7 @@ class Application:
         self.api = api
         self.config = config
         self.originator = str(uuid.uuid4())  # changes at every start, as the C++ plugin's
+        self.started_at = time.time() - 1.0  # folders older than this start are from an earlier run
         self.source = Source(api, config.cache_size_bytes, config.threads)
         self.transport = PeerTransport(config)
         self.download_root = Path(config.download_area).absolute()
@@ -56,7 +58,8 @@ class Application:
             self.receiver = PushReceiver(config.max_push_transactions, self.download_root, api,
                                          config.commit_threads_count, config.push_transaction_timeout,
                                          api.log_warning,
-                                         journal=CommitJournal(api.get_global_property, api.set_global_property))
+                                         journal=CommitJournal(api.get_global_property, api.set_global_property,
+                                                               owner=self.originator))
             build_push_routes(self.router, self.receiver)
 
     # -- what the routes need ------------------------------------------------------------------------
@@ -136,11 +139,17 @@ class Application:
             self.receiver.expire_idle()
 
     def sweep_download_root(self) -> None:
-        """Removes partial downloads that belong to no known job (left by a job dropped from the history)."""
+        """Removes partial downloads that belong to no known job (left by a job dropped from the history)
+        and the folders of push transactions of earlier runs. Folders this run created are kept: requests
+        are served before the saved jobs are loaded, so a push may already be filling its own."""
         if not self.download_root.is_dir():
             return
         for child in self.download_root.iterdir():
-            if child.is_dir() and not self.engine.owns(child.name):
+            try:
+                new = child.stat().st_mtime >= self.started_at
+            except OSError:
+                continue
+            if child.is_dir() and not new and not self.engine.owns(child.name):
                 shutil.rmtree(child, ignore_errors=True)
                 self.api.log_info(f"Transfers: removed the orphan download area {child}")
 

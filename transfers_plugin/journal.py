@@ -49,13 +49,17 @@ def created_since(get_json: GetJson, since: int, instance_ids: Iterable[str]) ->
 
 
 class CommitJournal:
-    """Commits in progress, each as ``key -> (since, instance IDs)``, kept in a global property."""
+    """Commits in progress, each as ``key -> (since, instance IDs)``, kept in a global property.
+
+    Each entry names the ``owner`` that wrote it (one per start of the plugin): :meth:`entries` gives those
+    of earlier starts only, which no running commit can own any more."""
 
     def __init__(self, get_property: Callable[[int, str], Optional[str]], set_property: Callable[[int, str], None],
-                 property_id: int = JOURNAL_PROPERTY):
+                 property_id: int = JOURNAL_PROPERTY, owner: str = ""):
         self._get = get_property
         self._set = set_property
         self.property_id = property_id
+        self.owner = owner
         self._lock = threading.Lock()
 
     def _read(self) -> Dict[str, Any]:
@@ -68,7 +72,7 @@ class CommitJournal:
     def begin(self, key: str, since: int, instance_ids: Iterable[str]) -> None:
         with self._lock:
             entries = self._read()
-            entries[key] = {"Since": since, "Instances": sorted(instance_ids)}
+            entries[key] = {"Since": since, "Instances": sorted(instance_ids), "Owner": self.owner}
             self._set(self.property_id, json.dumps(entries, separators=(",", ":")))
 
     def end(self, key: str) -> None:
@@ -78,6 +82,7 @@ class CommitJournal:
                 self._set(self.property_id, json.dumps(entries, separators=(",", ":")))
 
     def entries(self) -> Dict[str, Tuple[int, List[str]]]:
+        """The commits left by earlier starts (interrupted), not those of this one."""
         with self._lock:
             return {k: (int(v.get("Since", 0)), list(v.get("Instances") or [])) for k, v in self._read().items()
-                    if isinstance(v, dict)}
+                    if isinstance(v, dict) and v.get("Owner") != self.owner}

@@ -263,3 +263,22 @@ def test_peers_installed_without_remote_self(api, app):
     app.transport = FakeTransport({"remote": HttpAnswer(401, {}, b'["transfers"]'),
                                    "plain": HttpAnswer(200, {}, b'["transfers", "python"]')})
     assert json.loads(api.call("GET", "/transfers/peers").body) == {"plain": "installed", "remote": "disabled"}
+
+
+# --- the download area at start -------------------------------------------------------------------------
+
+def test_sweep_removes_orphans_of_earlier_runs_only(api, app):
+    import os
+    import time as _time
+
+    root = app.download_root
+    root.mkdir(parents=True, exist_ok=True)
+    job = app.engine.submit(app.pull_job.name, {"Resources": [], "Peer": "remote", "Compression": "none"})
+    old = _time.time() - 3600
+    for name in ("orphan-job", "push-old-transaction", job.id):
+        (root / name).mkdir()
+        (root / name / "x.dcm").write_bytes(b"partial")
+        os.utime(root / name, (old, old))
+    (root / "push-of-this-run").mkdir()  # a push received before the saved jobs were loaded
+    app.sweep_download_root()
+    assert sorted(p.name for p in root.iterdir()) == sorted([job.id, "push-of-this-run"])

@@ -82,19 +82,22 @@ def properties():
     return {}
 
 
-def journal_over(properties) -> CommitJournal:
+def journal_over(properties, owner="run-1") -> CommitJournal:
     return CommitJournal(lambda pid, default: properties.get(pid, default),
-                         lambda pid, value: properties.__setitem__(pid, value))
+                         lambda pid, value: properties.__setitem__(pid, value), owner=owner)
 
 
-def test_journal_keeps_commits_in_progress_across_instances(properties):
+def test_journal_gives_the_commits_of_earlier_starts_only(properties):
     journal_over(properties).begin("t1", 5, ["b", "a"])
     journal_over(properties).begin("t2", 9, ["c"])
-    again = journal_over(properties)  # as after a restart
+    assert journal_over(properties).entries() == {}, "this start's commits are running, not interrupted"
+    again = journal_over(properties, owner="run-2")  # as after a restart
     assert again.entries() == {"t1": (5, ["a", "b"]), "t2": (9, ["c"])}
+    again.begin("t3", 12, ["d"])
     again.end("t1")
     again.end("unknown")
-    assert journal_over(properties).entries() == {"t2": (9, ["c"])}
+    assert again.entries() == {"t2": (9, ["c"])}
+    assert journal_over(properties, owner="run-3").entries() == {"t2": (9, ["c"]), "t3": (12, ["d"])}
     assert list(properties) == [23452] and json.loads(properties[23452])["t2"]["Since"] == 9
 
 

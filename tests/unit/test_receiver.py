@@ -923,9 +923,9 @@ def test_orthanc_stopping_during_a_commit_rolls_nothing_back(root):
 
 # --- the commit journal: an interrupted commit is rolled back at the next start --------------------------
 
-def journal_over(properties: Dict[int, str]) -> CommitJournal:
+def journal_over(properties: Dict[int, str], owner: str = "run-1") -> CommitJournal:
     return CommitJournal(lambda pid, default: properties.get(pid, default),
-                         lambda pid, value: properties.__setitem__(pid, value))
+                         lambda pid, value: properties.__setitem__(pid, value), owner=owner)
 
 
 def test_a_commit_is_in_the_journal_only_while_it_runs(root):
@@ -938,12 +938,13 @@ def test_a_commit_is_in_the_journal_only_while_it_runs(root):
     put_all(receiver, tid, transfer)
     thread, outcome = run_in_thread(receiver.commit, tid)
     assert store.entered.wait(WAIT)
-    assert list(journal_over(properties).entries()) == [tid]
-    assert sorted(journal_over(properties).entries()[tid][1]) == sorted(transfer.files)
+    assert receiver.recover() == 0 and store.deleted == [], "a running commit is not an interrupted one"
+    seen_later = journal_over(properties, owner="run-2").entries()
+    assert list(seen_later) == [tid] and sorted(seen_later[tid][1]) == sorted(transfer.files)
     store.gate.set()
     thread.join(WAIT)
     assert "error" not in outcome
-    assert journal_over(properties).entries() == {}
+    assert journal_over(properties, owner="run-2").entries() == {}
 
 
 def test_a_failed_commit_leaves_no_journal_entry(root):
@@ -956,7 +957,7 @@ def test_a_failed_commit_leaves_no_journal_entry(root):
     put_all(receiver, tid, transfer)
     with pytest.raises(TransfersError):
         receiver.commit(tid)
-    assert store.stored == {} and journal_over(properties).entries() == {}
+    assert store.stored == {} and journal_over(properties, owner="run-2").entries() == {}
 
 
 def test_a_commit_interrupted_by_a_stop_is_rolled_back_at_the_next_start(root):
@@ -977,10 +978,10 @@ def test_a_commit_interrupted_by_a_stop_is_rolled_back_at_the_next_start(root):
     # The next start: a new receiver over the same database.
     warnings: List[str] = []
     store.fail_at = None
-    after = make_receiver(root, store, journal=journal_over(properties), log_warning=warnings.append)
+    after = make_receiver(root, store, journal=journal_over(properties, owner="run-2"), log_warning=warnings.append)
     assert after.recover() == 1
     assert set(store.stored) == {already}
-    assert journal_over(properties).entries() == {}
+    assert journal_over(properties, owner="run-3").entries() == {}
     assert any(tid in w and "deleted again" in w for w in warnings)
     assert after.recover() == 0
 
