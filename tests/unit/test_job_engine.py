@@ -822,3 +822,21 @@ def test_routes_can_wait_until_the_saved_jobs_are_loaded():
     threading.Timer(0.1, engine.start).start()
     assert engine.wait_loaded(5) and engine.owns(job_id)
     engine.stop(timeout=2)
+
+
+def test_a_job_submitted_before_the_saved_jobs_are_loaded_loses_none_of_them():
+    # Requests are served a moment before start() has loaded the saved jobs (it waits for the database).
+    store = MemoryJobStore()
+    first = JobEngine({TYPE: FakeType()}, store)
+    first.start()
+    saved = [first.submit(TYPE, {"name": n}).id for n in ("a", "b")]
+    first.stop(timeout=2)
+    fake = FakeType()
+    engine = JobEngine({TYPE: fake}, store)
+    fake.control("early").finish.set()
+    early = engine.submit(TYPE, {"name": "early"}).id
+    assert {j["ID"] for j in store.saved} == set(saved), "nothing is written before the load"
+    engine.start()
+    assert engine.list_ids() == saved + [early]
+    wait_until(lambda: {j["ID"] for j in store.saved} == set(saved + [early]), what="all three saved")
+    engine.stop(timeout=2)

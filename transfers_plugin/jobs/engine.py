@@ -188,20 +188,30 @@ class JobEngine:
             self._loaded.set()
 
     def _load(self) -> None:
-        if self.store is not None:
-            for item in self.store.load():
-                try:
-                    record = JobRecord.from_persisted(item)
-                except (KeyError, ValueError, TypeError) as e:
-                    self.log_error(f"Transfers: a saved job cannot be read and is dropped: {e}")
-                    continue
-                if record.state == RUNNING:
-                    record.state = PENDING
-                self._jobs[record.id] = record
-            if self._jobs:
-                self._sequence = itertools.count(max(r.sequence for r in self._jobs.values()) + 1)
-                unfinished = sum(1 for r in self._jobs.values() if not r.finished)
-                self.log_warning(f"Transfers: {len(self._jobs)} saved job(s) loaded, {unfinished} unfinished")
+        if self.store is None:
+            return
+        loaded = []
+        for item in self.store.load():
+            try:
+                record = JobRecord.from_persisted(item)
+            except (KeyError, ValueError, TypeError) as e:
+                self.log_error(f"Transfers: a saved job cannot be read and is dropped: {e}")
+                continue
+            if record.state == RUNNING:
+                record.state = PENDING
+            loaded.append(record)
+        if not loaded:
+            return
+        with self._lock:
+            early = sorted(self._jobs.values(), key=lambda r: r.sequence)  # submitted before the load
+            for record in loaded:
+                self._jobs.setdefault(record.id, record)
+            self._sequence = itertools.count(max(r.sequence for r in loaded) + 1)
+            for record in early:  # after the saved ones, in their order
+                record.sequence = next(self._sequence)
+            unfinished = sum(1 for r in loaded if not r.finished)
+            self._dirty = self._dirty or bool(early)
+        self.log_warning(f"Transfers: {len(loaded)} saved job(s) loaded, {unfinished} unfinished")
 
     def stop(self, timeout: float = 5.0, save: bool = True) -> None:
         """Stops every running job (they go on at the next start) and the scheduler, then saves the state;
@@ -444,6 +454,11 @@ class JobEngine:
 
     def _save(self) -> None:
         if self.store is None or self._store_closed:
+            return
+        if not self._loaded.is_set():
+            # A job submitted before start() loaded the saved ones: writing now would overwrite them.
+            # It is saved with the others once they are loaded.
+            self._dirty = True
             return
         with self._save_lock:  # snapshots are written in the order they are taken
             try:
