@@ -188,7 +188,7 @@ class OrthancApi:
         self.orthanc.ExtendOrthancExplorer(javascript)
 
     def register_lifecycle(self, on_started: Callable[[], None], on_stopped: Callable[[], None],
-                           poll_interval: float = 0.25, max_poll_interval: float = 2.0) -> None:
+                           poll_interval: float = 0.1, max_poll_interval: float = 2.0) -> None:
         """``on_started`` once Orthanc's database can be called, ``on_stopped`` when the plugin is finalized.
 
         No change callback (``RegisterOnChangeCallback``) is used for this: with one registered, even an
