@@ -34,7 +34,6 @@ class _Loading:
         self.done = threading.Event()
         self.result: Optional[CachedInstance] = None
         self.error: Optional[BaseException] = None
-        self.stale = False  # invalidated while loading: hand the bytes out, keep them not
 
 
 class InstanceCache:
@@ -101,23 +100,17 @@ class InstanceCache:
             result = self._loader(instance_id)
         except BaseException as e:
             with self._lock:
-                self._forget_loading(instance_id, loading)
+                del self._loading[instance_id]
             loading.error = e
             loading.done.set()
             raise
         with self._lock:
-            self._forget_loading(instance_id, loading)
+            del self._loading[instance_id]
             self.misses += 1
-            if not loading.stale:
-                self._insert(result)
+            self._insert(result)
         loading.result = result
         loading.done.set()
         return result
-
-    def _forget_loading(self, instance_id: str, loading: _Loading) -> None:
-        # An invalidation already dropped a stale load, and a newer load may have taken its place.
-        if self._loading.get(instance_id) is loading:
-            del self._loading[instance_id]
 
     def _insert(self, entry: CachedInstance) -> None:
         while self._entries and self.used_bytes + entry.size > self.capacity:
@@ -125,24 +118,6 @@ class InstanceCache:
             self.used_bytes -= old.size
         self._entries[entry.id] = entry
         self.used_bytes += entry.size
-
-    def invalidate(self, instance_id: str) -> None:
-        """Forgets an instance (it was deleted or replaced in Orthanc)."""
-        with self._lock:
-            loading = self._loading.pop(instance_id, None)  # later requests load again, not join it
-            if loading is not None:
-                loading.stale = True
-            old = self._entries.pop(instance_id, None)
-            if old is not None:
-                self.used_bytes -= old.size
-
-    def clear(self) -> None:
-        with self._lock:
-            for loading in self._loading.values():
-                loading.stale = True
-            self._loading.clear()
-            self._entries.clear()
-            self.used_bytes = 0
 
     def __contains__(self, instance_id: str) -> bool:
         with self._lock:

@@ -67,7 +67,7 @@ class Source:
             data = self.store.read_dicom(instance_id)
         entry = CachedInstance.from_bytes(instance_id, data)
         size, md5 = self.store.attachment_info(instance_id)
-        if entry.size != size or (md5 and entry.md5 != md5):
+        if not matches_record(entry, size, md5):
             raise CorruptedFile(
                 f"Instance {instance_id}: the stored file has {entry.size} bytes and MD5 {entry.md5}, "
                 f"but Orthanc recorded {size} bytes and MD5 {md5}; refusing to serve it")
@@ -78,8 +78,7 @@ class Source:
 
         Checked each time a cached instance is served: Orthanc reports deletions to plugins
         asynchronously, so a change notification alone could let a deleted instance be served."""
-        size, md5 = self.store.attachment_info(entry.id)
-        return entry.size == size and (not md5 or entry.md5 == md5)
+        return matches_record(entry, *self.store.attachment_info(entry.id))
 
     def get(self, instance_id: str) -> CachedInstance:
         """An instance to serve: cached bytes checked against Orthanc's record, or loaded and checked."""
@@ -99,6 +98,11 @@ class Source:
     def read(self, request: ChunkRequest) -> bytes:
         """The bytes of a chunks request, before compression (protocol.md R1, exactly)."""
         return read_range(self.get, request.ids, request.offset, request.size)
+
+
+def matches_record(entry: CachedInstance, size: int, md5: Optional[str]) -> bool:
+    """Whether bytes are those Orthanc recorded for the instance: its size, and its MD5 when it has one."""
+    return entry.size == size and (not md5 or entry.md5 == md5)
 
 
 def read_range(get, ids: Sequence[str], offset: int, size: int) -> bytes:
