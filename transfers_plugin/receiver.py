@@ -267,7 +267,7 @@ class PushReceiver:
         deleted = 0
         for tid, (since, instance_ids) in self.journal.entries().items():
             created = created_since(self.store.core_get_json, since, instance_ids)
-            removed = rollback(self.store, list(created))
+            removed = rollback(self.store, created)
             deleted += removed
             self.log_warning(f"Transfers: the commit of push transaction {tid} was interrupted by a restart; "
                              f"the {removed} instance(s) it had imported were deleted again, so that nothing "

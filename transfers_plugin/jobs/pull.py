@@ -40,6 +40,8 @@ from .engine import JobContext
 from .model import JobRecord
 
 JOB_TYPE = "PullTransfer"
+# What the resume state keeps of a commit in progress; forgotten once the commit is rolled back.
+COMMIT_PROGRESS = ("Imported", "Created", "CommitSince")
 STREAM_PIECE = 128 * 1024
 
 
@@ -302,8 +304,7 @@ class PullJobType:
             raise  # Orthanc is stopping: nothing was rolled back, the commit goes on after the restart
         except Exception:
             # Rolled back by import_instances: a resubmit commits from the start, with a new CommitSince.
-            ctx.update_resume_state(Imported=[], Created=[])
-            ctx.drop_resume_state("CommitSince")
+            ctx.drop_resume_state(*COMMIT_PROGRESS)
             raise
         finally:
             ctx.save_now()
@@ -316,8 +317,7 @@ class PullJobType:
         if deleted:
             self.log_warning(f"Transfers: job {record.id}: {deleted} imported instance(s) deleted again")
         # A new dict, never a change in place: the engine may be copying the old one to save it.
-        record.resume_state = {k: v for k, v in dict(record.resume_state, Created=[], Imported=[]).items()
-                               if k != "CommitSince"}
+        record.resume_state = {k: v for k, v in record.resume_state.items() if k not in COMMIT_PROGRESS}
 
     # -- end of the job ------------------------------------------------------------------------------
 
