@@ -158,13 +158,21 @@ def test_six_simultaneous_sends_to_four_slots(throttled):
     assert "is busy" in a.log_text(), "the receiver was full at some point and the senders waited"
 
 
-def test_cancel_and_pause_a_push(throttled):
-    a, b, proxy = throttled
-    files = load_study(a, 30, rows=512, seed=300)
+def slow_push_under_way(a, proxy, n: int, seed: int, buckets_done: int):
+    """A generated study of ``n`` slices pushed from A to "b" at 2 MB/s; returns once ``buckets_done`` buckets
+    went up (its files and the job's ID)."""
+    files = load_study(a, n, rows=512, seed=seed)
     study = study_of(a, next(iter(files)))
     proxy.set_upstream_rate(2_000_000)
     job_id = send(a, "b", [{"Level": "Study", "ID": study}], "none")["ID"]
-    wait_job(a, job_id, ["Running"], condition=lambda j: j["Content"].get("CompletedHttpQueries", 0) >= 2)
+    wait_job(a, job_id, ["Running"],
+             condition=lambda j: j["Content"].get("CompletedHttpQueries", 0) >= buckets_done)
+    return files, job_id
+
+
+def test_cancel_and_pause_a_push(throttled):
+    a, b, proxy = throttled
+    files, job_id = slow_push_under_way(a, proxy, 30, 300, 2)
     asked = time.monotonic()
     a.post(f"/jobs/{job_id}/pause")
     wait_job(a, job_id, ["Paused"], timeout=10)
@@ -188,11 +196,7 @@ def test_cancel_and_pause_a_push(throttled):
 
 def test_sender_killed_mid_push_goes_on_after_restart(throttled):
     a, b, proxy = throttled
-    files = load_study(a, 24, rows=512, seed=400)
-    study = study_of(a, next(iter(files)))
-    proxy.set_upstream_rate(2_000_000)
-    job_id = send(a, "b", [{"Level": "Study", "ID": study}], "none")["ID"]
-    wait_job(a, job_id, ["Running"], condition=lambda j: j["Content"].get("CompletedHttpQueries", 0) >= 3)
+    files, job_id = slow_push_under_way(a, proxy, 24, 400, 3)
     a.kill()
     time.sleep(1.5)
     a.start()

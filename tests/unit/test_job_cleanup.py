@@ -1,6 +1,7 @@
 """What a finished transfer job leaves in its record: nothing to resume, so every later save stays small."""
 
 import pytest
+from change_log import ChangeLog
 
 from transfers_plugin.config import parse_configuration
 from transfers_plugin.jobs.model import JobRecord
@@ -69,7 +70,7 @@ class ImportStore:
     def __init__(self, ids_by_data, fail_at=None, failure=None):
         self.ids_by_data = ids_by_data
         self.stored = {}
-        self.changes = []
+        self.change_log = ChangeLog()  # Orthanc's /changes: a NewInstance per instance created
         self.calls = 0
         self.fail_at = fail_at
         self.failure = failure
@@ -83,7 +84,7 @@ class ImportStore:
         status = "AlreadyStored" if iid in self.stored else "Success"
         self.stored[iid] = data
         if status == "Success":
-            self.changes.append(iid)
+            self.change_log.new_instance(iid)
         return {"ID": iid, "Status": status}
 
     def delete_instance(self, instance_id):
@@ -91,12 +92,7 @@ class ImportStore:
         self.stored.pop(instance_id, None)
 
     def core_get_json(self, uri):
-        if uri == "/changes?last":
-            return {"Changes": [], "Done": True, "Last": len(self.changes)}
-        since = int(uri.split("since=")[1].split("&")[0])
-        page = [{"ChangeType": "NewInstance", "ResourceType": "Instance", "ID": iid, "Seq": n + 1}
-                for n, iid in enumerate(self.changes) if n + 1 > since]
-        return {"Changes": page, "Done": True, "Last": len(self.changes)}
+        return self.change_log.get_json(uri)
 
 
 def test_a_resumed_commit_counts_as_created_what_its_lost_last_second_imported(tmp_path):

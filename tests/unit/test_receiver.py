@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
+from change_log import ChangeLog
 
 from transfers_plugin.codec import get_codec
 from transfers_plugin.download_area import DownloadArea
@@ -63,7 +64,7 @@ class FakeStore:
         self.failure: BaseException = StoreFailure("the disk is full")
         self.answer_id: Optional[str] = None  # answer this ID instead of the right one
         self.gate: Optional[threading.Event] = None
-        self.changes: List[str] = []  # IDs of the NewInstance changes, in order
+        self.change_log = ChangeLog()  # Orthanc's /changes: a NewInstance per instance created
         self.entered = threading.Event()
 
     def store_instance(self, data: bytes) -> Dict[str, Any]:
@@ -83,18 +84,12 @@ class FakeStore:
             status = "AlreadyStored" if stored_id in self.stored else "Success"
             self.stored[stored_id] = bytes(data)
             if status == "Success":
-                self.changes.append(stored_id)
+                self.change_log.new_instance(stored_id)
         return {"ID": stored_id, "Status": status}
 
     def core_get_json(self, uri: str) -> Any:
-        """Orthanc's change log of NewInstance changes, one page holding everything."""
         with self.lock:
-            if uri == "/changes?last":
-                return {"Changes": [], "Done": True, "Last": len(self.changes)}
-            since = int(uri.split("since=")[1].split("&")[0])
-            page = [{"ChangeType": "NewInstance", "ResourceType": "Instance", "ID": iid, "Seq": n + 1}
-                    for n, iid in enumerate(self.changes) if n + 1 > since]
-            return {"Changes": page, "Done": True, "Last": len(self.changes)}
+            return self.change_log.get_json(uri)
 
     def delete_instance(self, instance_id: str) -> None:
         with self.lock:
@@ -928,14 +923,20 @@ def journal_over(properties: Dict[int, str], owner: str = "run-1") -> CommitJour
                          lambda pid, value: properties.__setitem__(pid, value), owner=owner)
 
 
+def filled_with_journal(root: Path, store: FakeStore, transfer: Transfer, properties: Dict[int, str]):
+    """A receiver keeping its journal in ``properties``, with one transaction whose buckets all arrived."""
+    receiver = make_receiver(root, store, journal=journal_over(properties))
+    tid = receiver.create(transfer.descriptor)
+    put_all(receiver, tid, transfer)
+    return receiver, tid
+
+
 def test_a_commit_is_in_the_journal_only_while_it_runs(root):
     transfer = Transfer("none")
     store = FakeStore(transfer.files)
     store.gate = threading.Event()
     properties: Dict[int, str] = {}
-    receiver = make_receiver(root, store, journal=journal_over(properties))
-    tid = receiver.create(transfer.descriptor)
-    put_all(receiver, tid, transfer)
+    receiver, tid = filled_with_journal(root, store, transfer, properties)
     thread, outcome = run_in_thread(receiver.commit, tid)
     assert store.entered.wait(WAIT)
     assert receiver.recover() == 0 and store.deleted == [], "a running commit is not an interrupted one"
@@ -952,9 +953,7 @@ def test_a_failed_commit_leaves_no_journal_entry(root):
     store = FakeStore(transfer.files)
     store.fail_at = 2
     properties: Dict[int, str] = {}
-    receiver = make_receiver(root, store, journal=journal_over(properties))
-    tid = receiver.create(transfer.descriptor)
-    put_all(receiver, tid, transfer)
+    receiver, tid = filled_with_journal(root, store, transfer, properties)
     with pytest.raises(TransfersError):
         receiver.commit(tid)
     assert store.stored == {} and journal_over(properties, owner="run-2").entries() == {}
@@ -969,9 +968,7 @@ def test_a_commit_interrupted_by_a_stop_is_rolled_back_at_the_next_start(root):
     store.fail_at = 3
     store.failure = OrthancUnavailable("Plugin trying to call the database during its initialization")
     properties: Dict[int, str] = {}
-    receiver = make_receiver(root, store, journal=journal_over(properties))
-    tid = receiver.create(transfer.descriptor)
-    put_all(receiver, tid, transfer)
+    receiver, tid = filled_with_journal(root, store, transfer, properties)
     with pytest.raises(OrthancUnavailable):
         receiver.commit(tid)
     assert set(store.stored) == {ids[0], ids[1]}  # nothing rolled back while Orthanc stops
