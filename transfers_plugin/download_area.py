@@ -1,4 +1,4 @@
-"""Where received buckets become instances: one pre-sized file per expected instance, on disk.
+"""Where received buckets become instances: one file per expected instance, on disk.
 
 Buckets are written as they arrive, in any order, each chunk at its offset (a repeated bucket rewrites
 the same bytes). Memory stays bounded: a bucket is written piece by piece as it is decoded. Nothing here
@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Sequence, Set
 
 from .commitment import check_digest, check_file
-from .errors import CorruptedFile, NetworkProtocol, NotFound, ParameterOutOfRange
+from .errors import NetworkProtocol, NotFound, ParameterOutOfRange
 from .protocol import Bucket, InstanceInfo
+
+EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 
 
 class DownloadArea:
@@ -32,10 +34,18 @@ class DownloadArea:
         return self.root.is_dir()
 
     def prepare(self) -> bool:
-        """Creates the folder and a sparse file of the right size per instance; True if it was new."""
+        """Creates the folder; True if it was new.
+
+        A new area gets its files as buckets are written (creating hundreds of files up front delayed the
+        first bucket of a push by tens of milliseconds); only empty instances, which no bucket writes, get
+        one now. In an area that was already there (a job resumed), every file is given its right size, a
+        missing one as a sparse file, so that verification finds what is wrong and the buckets are fetched
+        again."""
         new = not self.root.is_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         for info in self.instances.values():
+            if new and info.size:
+                continue
             p = self.path(info.id)
             if not p.exists() or p.stat().st_size != info.size:
                 with open(p, "ab") as f:
@@ -59,19 +69,18 @@ class DownloadArea:
 
     def verify(self, instance_id: str) -> None:
         """Raises CommitmentError unless the file has the announced size and MD5 (computed while the
-        instance was written, when one chunk carried it whole; read back from the file otherwise)."""
+        instance was written, when one chunk carried it whole; read back from the file otherwise). An
+        instance no bucket wrote yet has no file: it counts as empty."""
+        info = self.instances.get(instance_id)
+        path = self.path(instance_id)
         digest = self.digests.get(instance_id)
-        if digest is not None:
-            try:
-                size = self.path(instance_id).stat().st_size
-            except FileNotFoundError:
-                raise CorruptedFile(f"Instance {instance_id}: its file in the download area is missing") from None
-            check_digest(self.instances[instance_id], size, digest)
-            return
         try:
-            check_file(self.path(instance_id), self.instances[instance_id])
-        except FileNotFoundError:
-            raise CorruptedFile(f"Instance {instance_id}: its file in the download area is missing") from None
+            if digest is None:
+                check_file(path, info)
+            else:
+                check_digest(info, path.stat().st_size, digest)
+        except FileNotFoundError:  # no byte of it was written: it is empty
+            check_digest(info, 0, EMPTY_MD5)
 
     def read(self, instance_id: str) -> bytes:
         return self.path(instance_id).read_bytes()
@@ -114,7 +123,7 @@ class BucketWriter:
     def _fd(self, instance_id: str) -> int:
         fd = self._fds.get(instance_id)
         if fd is None:
-            fd = self._fds[instance_id] = os.open(self.area.path(instance_id), os.O_WRONLY)
+            fd = self._fds[instance_id] = os.open(self.area.path(instance_id), os.O_WRONLY | os.O_CREAT, 0o600)
         return fd
 
     def write(self, data: bytes) -> None:
@@ -124,7 +133,7 @@ class BucketWriter:
         while view:
             chunk = self.chunks[self._index]
             n = min(len(view), chunk.size - self._within)
-            if chunk.instance_id not in self.skip:
+            if n and chunk.instance_id not in self.skip:
                 fd = self._fd(chunk.instance_id)
                 offset = chunk.offset + self._within
                 piece = view[:n]

@@ -126,6 +126,12 @@ class Prefetcher:
         self._executor = ThreadPoolExecutor(max_workers=max(1, self._ahead), thread_name_prefix=name)
         self._closed = False
 
+    def start(self) -> "Prefetcher":
+        """Starts preparing the first keys before any is taken (a push: while its transaction is created)."""
+        with self._lock:
+            self._schedule()
+        return self
+
     def take(self, key: Hashable) -> Any:
         with self._lock:
             self._taken.add(key)

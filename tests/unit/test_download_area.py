@@ -1,4 +1,4 @@
-"""The download area: pre-sized sparse files, buckets written chunk by chunk at their offsets, verification."""
+"""The download area: files written chunk by chunk at their offsets as buckets arrive, verification."""
 
 import hashlib
 import os
@@ -46,17 +46,17 @@ def area(tmp_path):
 
 # --- prepare ------------------------------------------------------------------------------------------
 
-def test_prepare_creates_files_of_the_right_sizes(tmp_path):
+def test_a_new_area_gets_its_files_as_buckets_are_written(tmp_path):
     area = DownloadArea(tmp_path / "transfers-tmp" / "job-1", INFOS)
     assert not area.exists()
     assert area.prepare() is True
     assert area.exists()
-    for i in INFOS:
-        p = area.path(i.id)
-        assert p == tmp_path / "transfers-tmp" / "job-1" / f"{i.id}.dcm"
-        assert p.stat().st_size == i.size
-        assert p.read_bytes() == bytes(i.size)
-    assert sorted(os.listdir(area.root)) == sorted(f"{i}.dcm" for i in DATA)
+    assert os.listdir(area.root) == [f"{C}.dcm"], "only the empty instance, which no bucket writes"
+    assert area.read(C) == b""
+    area.write_bucket(Bucket((Chunk(B, 100, 50),)), DATA[B][100:150])
+    assert sorted(os.listdir(area.root)) == sorted([f"{B}.dcm", f"{C}.dcm"])
+    assert area.path(B) == tmp_path / "transfers-tmp" / "job-1" / f"{B}.dcm"
+    assert area.read(B) == bytes(100) + DATA[B][100:150]
 
 
 def test_prepare_returns_true_only_the_first_time_and_keeps_what_was_written(area):
@@ -66,16 +66,16 @@ def test_prepare_returns_true_only_the_first_time_and_keeps_what_was_written(are
     assert area.prepare() is False
 
 
-def test_prepare_fixes_files_of_the_wrong_size(area):
+def test_prepare_of_an_area_already_there_gives_every_file_its_size(area):
     area.path(A).write_bytes(b"x" * 5000)
-    area.path(B).unlink()
+    assert not area.path(B).exists()
     assert area.prepare() is False
     assert area.path(A).stat().st_size == 1000
     assert area.path(A).read_bytes()[:5] == b"xxxxx"
     assert area.path(B).stat().st_size == 3000
 
 
-def test_prepared_files_are_sparse(tmp_path):
+def test_files_sized_by_prepare_are_sparse(tmp_path):
     size = 64 * 1024 * 1024
     probe = tmp_path / "probe"
     with open(probe, "wb") as f:
@@ -84,6 +84,8 @@ def test_prepared_files_are_sparse(tmp_path):
         pytest.skip("this file system does not make sparse files")
     area = DownloadArea(tmp_path / "job", [InstanceInfo(A, size, "0" * 32)])
     area.prepare()
+    assert not area.path(A).exists()
+    area.prepare()  # the area of a resumed job: every file gets its size
     st_ = area.path(A).stat()
     assert st_.st_size == size
     assert st_.st_blocks * 512 < size // 16
@@ -148,9 +150,12 @@ def test_payload_fed_in_arbitrary_pieces(case):
         for iid in skip:  # what is already there for skipped instances stays as it is
             area.path(iid).write_bytes(b"\xaa" * sizes[iid])
         expected = {iid: bytearray(b"\xaa" * sizes[iid] if iid in skip else bytes(sizes[iid])) for iid in sizes}
+        written = {iid: 0 for iid in sizes}  # a file ends at the last byte written into it
         for c in bucket.chunks:
             if c.instance_id not in skip:
                 expected[c.instance_id][c.offset:c.offset + c.size] = data[c.instance_id][c.offset:c.offset + c.size]
+                if c.size:
+                    written[c.instance_id] = max(written[c.instance_id], c.offset + c.size)
         writer = area.writer(bucket, skip)
         bounds = [0] + cuts + [len(payload)]
         for start, end in zip(bounds, bounds[1:]):
@@ -158,7 +163,12 @@ def test_payload_fed_in_arbitrary_pieces(case):
         assert writer.position == len(payload)
         writer.close()
         for iid in sizes:
-            assert area.read(iid) == bytes(expected[iid]), iid
+            if iid in skip:
+                assert area.read(iid) == bytes(expected[iid]), iid
+            elif written[iid] or not sizes[iid]:
+                assert area.read(iid) == bytes(expected[iid][:written[iid]]), iid
+            else:
+                assert not area.path(iid).exists(), iid
 
 
 def test_skipped_instances_are_untouched(area):
@@ -229,7 +239,7 @@ def test_chunk_beyond_the_instance_is_out_of_range(area, chunk):
     with pytest.raises(ParameterOutOfRange) as e:
         area.writer(Bucket((Chunk(B, 0, 10), chunk)))
     assert e.value.status == 400
-    assert area.read(B) == bytes(3000)
+    assert not area.path(B).exists(), "nothing written"
 
 
 def test_chunk_at_the_very_end_is_fine(area):
@@ -258,8 +268,12 @@ def test_verify_passes_once_every_byte_is_in(area):
 
 def test_verify_fails_on_missing_or_wrong_bytes(area):
     with pytest.raises(CommitmentError) as e:
-        area.verify(A)  # nothing written yet: zeros
-    assert e.value.instance_id == A and e.value.status == 500
+        area.verify(A)  # nothing written yet: no file, an empty instance
+    assert e.value.instance_id == A and e.value.status == 500 and e.value.actual_size == 0
+    area.write_bucket(Bucket((Chunk(A, 0, 10),)), DATA[A][:10])
+    with pytest.raises(CommitmentError) as e:
+        area.verify(A)  # the first bytes only
+    assert e.value.actual_size == 10
     area.write_bucket(Bucket((Chunk(A, 0, 1000),)), DATA[A])
     corrupted = bytearray(DATA[A])
     corrupted[500] ^= 1

@@ -239,3 +239,55 @@ def test_a_body_factory_gives_each_attempt_a_fresh_body(httpserver, peer, sleeps
     assert len(made) == 2
     assert [r.get_data() for r, _ in httpserver.log] == [b"payload", b"payload"]
     httpserver.check_assertions()
+
+
+# --- StoppableBody: the bodies of push PUTs ----------------------------------------------------------------
+
+def test_a_stoppable_body_goes_out_whole_with_its_length_not_chunked(httpserver, peer):
+    data = bytes(range(256)) * 4099  # not a multiple of the piece size
+    httpserver.expect_request("/transfers/push/t/0", method="PUT").respond_with_data("{}")
+    stop = threading.Event()
+    answer = make_transport().call(peer, "PUT", "/transfers/push/t/0",
+                                   body=transport_module.body_factory(data, stop), stop_event=stop)
+    assert answer.status == 200
+    request, _ = httpserver.log[0]
+    assert request.headers.get("Content-Length") == str(len(data))
+    assert "Transfer-Encoding" not in request.headers
+    assert request.get_data() == data
+
+
+def test_a_stoppable_body_is_iterated_in_slices_of_its_buffer_from_the_start_each_time():
+    data = bytes(range(256)) * 2049
+    body = transport_module.StoppableBody(data, threading.Event())
+    assert len(body) == len(data)
+    pieces = list(body)
+    assert [len(p) for p in pieces[:-1]] == [body.PIECE] * (len(pieces) - 1)
+    assert 0 < len(pieces[-1]) <= body.PIECE
+    assert all(isinstance(p, memoryview) and p.obj is data for p in pieces)  # no copies
+    assert b"".join(pieces) == data
+    assert b"".join(body) == data  # iterated again: the whole body again
+
+
+def test_a_stop_event_set_during_an_upload_aborts_it(httpserver, peer):
+    data = bytes(4 * 1024 * 1024)
+    httpserver.expect_request("/transfers/push/t/0", method="PUT").respond_with_data("{}")
+    stop = threading.Event()
+    sent: List[int] = []
+
+    class Body(transport_module.StoppableBody):
+        def __iter__(self):
+            for piece in super().__iter__():
+                sent.append(len(piece))
+                if len(sent) == 2:
+                    stop.set()  # asked to stop after the second piece
+                yield piece
+
+    with pytest.raises(PeerError):
+        make_transport().call(peer, "PUT", "/transfers/push/t/0", body=lambda: Body(data, stop), retries=3,
+                              stop_event=stop)
+    assert len(sent) == 2  # the third piece was never sent, and nothing was retried
+    assert all(r.get_data() != data for r, _ in httpserver.log)
+
+
+def test_an_empty_body_is_sent_as_is():
+    assert transport_module.body_factory(b"", threading.Event())() == b""

@@ -277,6 +277,20 @@ def test_prefetcher_bounds_what_is_prepared_ahead():
     bodies.close()
 
 
+def test_a_started_prefetcher_prepares_the_first_values_before_any_take():
+    prepare = Preparer()
+    bodies = Prefetcher(list(range(10)), prepare, ahead=3)
+    time.sleep(0.05)
+    assert prepare.calls == [], "nothing before start() or a take"
+    assert bodies.start() is bodies
+    time.sleep(0.1)
+    with prepare.lock:
+        assert sorted(prepare.calls) == [0, 1, 2]
+    assert [bodies.take(k) for k in range(10)] == [f"body-{k}" for k in range(10)]
+    assert sorted(prepare.calls) == list(range(10)), "each value prepared once"
+    bodies.close()
+
+
 def test_prefetcher_with_nothing_ahead_prepares_on_take():
     prepare = Preparer()
     bodies = Prefetcher([5, 6], prepare, ahead=0)

@@ -16,7 +16,7 @@ A failed or canceled job DELETEs its remote transaction.
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from ..config import PeerConfig, TransfersConfig
 from ..errors import NetworkProtocol, NotFound, TransfersError
@@ -64,9 +64,20 @@ class PushJobType:
         buckets = [b for _, b in balance_last_round(planned, (), state.get("PlanThreads", 1))]
         ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(sum(i.size for i in instances)))
         descriptor = PushDescriptor(tuple(instances), tuple(buckets), query.compression)
-        if "Transaction" not in state:
-            self.create(ctx, query, peer, descriptor)
-        self.upload(ctx, query, peer, descriptor)
+        new = "Transaction" not in state
+        done = set() if new else set(state.get("DoneBuckets", []))
+        todo = [index for index in range(len(buckets)) if index not in done]
+        # The next bodies are read and encoded while the current ones are on the wire, the first ones while
+        # the transaction is created.
+        codec = self.config.codec(query.compression)
+        bodies = Prefetcher(todo, lambda index: codec.encode(self.source.bucket_payload(buckets[index])),
+                            self.config.threads, f"transfers-push-prepare-{ctx.id[:8]}").start()
+        try:
+            if new:
+                self.create(ctx, query, peer, descriptor)
+            self.upload(ctx, query, peer, descriptor, todo, bodies)
+        finally:
+            bodies.close()
         self.commit(ctx, query, peer)
 
     @staticmethod
@@ -96,24 +107,21 @@ class PushJobType:
         ctx.update_resume_state(Transaction=path, Cookie="; ".join(answer.cookies), DoneBuckets=[], UploadedBytes=0)
         ctx.save_now()
 
-    def upload(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, descriptor: PushDescriptor) -> None:
+    def upload(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, descriptor: PushDescriptor,
+               todo: List[int], bodies: Prefetcher) -> None:
+        """PUTs the buckets of ``todo``, whose bodies ``bodies`` gives."""
         state = ctx.resume_state
         buckets = descriptor.buckets
-        done: Set[int] = set(state.get("DoneBuckets", []))
+        done: Set[int] = set(range(len(buckets))) - set(todo)
         uploaded = [int(state.get("UploadedBytes", 0))]
         moved = [0]
         started = time.monotonic()
         last = [started]
-        todo = [index for index in range(len(buckets)) if index not in done]
         work: "queue.Queue[int]" = queue.Queue()
         for index in todo:
             work.put(index)
         lock = threading.Lock()
-        codec = self.config.codec(query.compression)
         path = state["Transaction"]
-        # The next bodies are read and encoded while the current ones are on the wire.
-        bodies = Prefetcher(todo, lambda index: codec.encode(self.source.bucket_payload(buckets[index])),
-                            self.config.threads, f"transfers-push-prepare-{ctx.id[:8]}")
 
         def publish() -> None:
             with lock:
@@ -144,10 +152,7 @@ class PushJobType:
             publish()
 
         publish()
-        try:
-            failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-push-{ctx.id[:8]}")
-        finally:
-            bodies.close()
+        failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-push-{ctx.id[:8]}")
         publish()
         if failures:
             raise failures[0]
