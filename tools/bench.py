@@ -1,6 +1,6 @@
 """Benchmark: how long a study takes to cross the link, with each way of sending it.
 
-    scripts/bench.sh [--ct 200] [--mr 0] [--runs 3] [--profiles loopback,wan] [--cxx-plugin PATH]
+    scripts/bench.sh [--ct 200] [--mr 0] [--runs 3] [--profiles loopback,wan] [--cxx-plugin [LABEL=]PATH ...]
 
 Starts real Orthanc peers A (source) and B (target), generates a synthetic study, and times, on each
 network profile (loopback, and a WAN emulated by tools/wan.py between A and B):
@@ -9,7 +9,9 @@ network profile (loopback, and a WAN emulated by tools/wan.py between A and B):
 - dicom:   DICOM C-STORE, ``POST /modalities/b/store`` (synchronous);
 - push-*:  our ``/transfers/send`` in push mode, with each compression;
 - pull-*:  our ``/transfers/pull`` at B, with each compression;
-- cxx-*:   the same with the C++ plugin, if ``--cxx-plugin`` gives the path of its library.
+- cxx-*:   the same with the C++ plugin, if ``--cxx-plugin`` gives the path of its library (``cxx-LABEL-*``
+           with ``LABEL=PATH``; repeat the option to compare several builds in one run). The version each
+           build reports at ``/plugins/transfers`` is recorded in the JSON.
 
 Each is run ``--runs`` times, in rounds of every mode (the median counts); B is restarted with an empty
 storage before each run.
@@ -128,6 +130,11 @@ def wait_job(server: OrthancServer, job_id: str, timeout: float = 3600) -> Dict[
             return job
         time.sleep(0.02)
     raise RuntimeError(f"job {job_id} did not end")
+
+
+def plugin_version(server: OrthancServer) -> str:
+    """The version the transfers plugin of ``server`` reports (``/plugins/transfers``)."""
+    return str(server.get_json("/plugins/transfers").get("Version", "?"))
 
 
 def run_mode(setup: Setup, mode: str, studies: List[str]) -> None:
@@ -281,7 +288,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--transfers", default="", help='Transfers options of both peers as JSON, e.g. {"Threads": 8}')
     parser.add_argument("--tuned", default="", help='also run our modes with these Transfers options (JSON), '
                         'shown as "tuned-..." rows, e.g. {"Threads": 8}')
-    parser.add_argument("--cxx-plugin", default="", help="path of the C++ plugin's library, to compare with it")
+    parser.add_argument("--cxx-plugin", action="append", default=[], metavar="[LABEL=]PATH",
+                        help="a C++ plugin's library, to compare with it (rows cxx-* or cxx-LABEL-*); repeatable")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results")
     parser.add_argument("--workdir", type=Path, default=None, help="storage of the servers (a temporary folder)")
     args = parser.parse_args(argv)
@@ -295,6 +303,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
+    results: List[Dict[str, Any]] = []
+    base = json.loads(args.transfers) if args.transfers else {}
+    variants = [("", None, base)]
+    if args.tuned:
+        variants.append(("tuned-", None, dict(base, **json.loads(args.tuned))))
+    for spec in args.cxx_plugin:
+        label, _, path = spec.rpartition("=")
+        if not os.path.isfile(path):
+            parser.error(f"--cxx-plugin: no such file {path}")
+        variants.append((f"cxx-{label}-" if label else "cxx-", path, base))
+
     log(f"Generating the workload: {args.ct} CT slices, {args.mr} MR slices ...")
     studies: List[bytes] = list(generate_study(args.ct, 512, 512, modality="CT", seed=2026))
     if args.mr:
@@ -302,19 +321,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     total = sum(len(d) for d in studies)
     log(f"  {len(studies)} instances, {total / 1e6:.1f} MB")
 
-    results: List[Dict[str, Any]] = []
-    base = json.loads(args.transfers) if args.transfers else {}
-    variants = [("", None, base)]
-    if args.tuned:
-        variants.append(("tuned-", None, dict(base, **json.loads(args.tuned))))
-    if args.cxx_plugin:
-        variants.append(("cxx-", args.cxx_plugin, base))
+    versions: Dict[str, str] = {}
     try:
         for profile in args.profiles.split(","):
             for prefix, library, transfers in variants:
                 setup = Setup(workdir / (prefix or "py"), profile, args, library, transfers)
                 setup.start()
                 try:
+                    if library:
+                        versions[prefix.rstrip("-")] = plugin_version(setup.a)
+                        log(f"{prefix.rstrip('-')}: {library} reports version {versions[prefix.rstrip('-')]}")
                     ids = [setup.a.upload(d) for d in studies]
                     study_ids = sorted({setup.a.get_json(f"/instances/{i}/study")["ID"] for i in ids})
                     # One resource list for all modes: the studies, each as one Study resource.
@@ -331,7 +347,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     table = report(results, total, args)
     info = {"machine": machine(), "workload": {"ct": args.ct, "mr": args.mr, "bytes": total},
             "wan": {"delay_ms": args.delay_ms, "capacity_mbit": args.capacity_mbit, "window_kb": args.window_kb},
-            "runs": args.runs, "transfers": args.transfers, "tuned": args.tuned, "results": results, "table": table}
+            "runs": args.runs, "transfers": args.transfers, "tuned": args.tuned, "cxx_versions": versions,
+            "results": results, "table": table}
     (args.out / "results.json").write_text(json.dumps(info, indent=2))
     (args.out / "results.md").write_text(table + "\n")
     title = (f"{total / 1e6:.0f} MB of synthetic CT/MR, median of {args.runs} runs; WAN: {args.delay_ms:g} ms one-way, "

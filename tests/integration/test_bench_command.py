@@ -33,3 +33,9 @@ def test_bench_command_writes_its_report(tmp_path):
     assert report["workload"] == {"ct": 3, "mr": 2, "bytes": report["workload"]["bytes"]}
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| wan | tuned-pull-none |" in (out / "results.md").read_text()
+
+
+def test_bench_command_refuses_a_missing_cxx_library(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tools.bench", "--cxx-plugin", f"1.4={tmp_path}/missing.so"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "missing.so" in result.stderr
