@@ -211,9 +211,11 @@ class StoppableBody:
 
     PIECE = 256 * 1024
 
-    def __init__(self, data: bytes, stop_event: Any):
+    def __init__(self, data: bytes, stop_event: Any, on_sent: Callable[[], None] = lambda: None):
+        """``on_sent`` is called once the last byte is handed to the connection (before the answer)."""
         self._view = memoryview(data)
         self._stop = stop_event
+        self._on_sent = on_sent
 
     def __len__(self) -> int:
         return len(self._view)
@@ -223,11 +225,7 @@ class StoppableBody:
             if self._stop is not None and self._stop.is_set():
                 raise OSError("upload stopped: the job was asked to stop")
             yield self._view[position:position + self.PIECE]
-
-
-def body_factory(data: bytes, stop_event: Any) -> Callable[[], Any]:
-    """A fresh body for each attempt (an empty one as it is: an empty iterable would be sent chunked)."""
-    return lambda: StoppableBody(data, stop_event) if data else data
+        self._on_sent()
 
 
 class AnswerTail:

@@ -7,6 +7,7 @@ import types
 from typing import List
 
 import pytest
+from werkzeug import Response as WResponse
 
 from transfers_plugin import transport as transport_module
 from transfers_plugin.config import PeerConfig, TransfersConfig
@@ -248,7 +249,7 @@ def test_a_stoppable_body_goes_out_whole_with_its_length_not_chunked(httpserver,
     httpserver.expect_request("/transfers/push/t/0", method="PUT").respond_with_data("{}")
     stop = threading.Event()
     answer = make_transport().call(peer, "PUT", "/transfers/push/t/0",
-                                   body=transport_module.body_factory(data, stop), stop_event=stop)
+                                   body=lambda: transport_module.StoppableBody(data, stop), stop_event=stop)
     assert answer.status == 200
     request, _ = httpserver.log[0]
     assert request.headers.get("Content-Length") == str(len(data))
@@ -282,12 +283,24 @@ def test_a_stop_event_set_during_an_upload_aborts_it(httpserver, peer):
                     stop.set()  # asked to stop after the second piece
                 yield piece
 
+    done: List[bool] = []
     with pytest.raises(PeerError):
-        make_transport().call(peer, "PUT", "/transfers/push/t/0", body=lambda: Body(data, stop), retries=3,
-                              stop_event=stop)
+        make_transport().call(peer, "PUT", "/transfers/push/t/0", retries=3, stop_event=stop,
+                              body=lambda: Body(data, stop, on_sent=lambda: done.append(True)))
     assert len(sent) == 2  # the third piece was never sent, and nothing was retried
+    assert done == [], "an aborted body is not reported as sent"
     assert all(r.get_data() != data for r, _ in httpserver.log)
 
 
-def test_an_empty_body_is_sent_as_is():
-    assert transport_module.body_factory(b"", threading.Event())() == b""
+def test_a_stoppable_body_says_when_its_last_byte_is_sent(httpserver, peer):
+    data = bytes(range(256)) * 3000
+    events: List[str] = []
+
+    def answer(request):
+        events.append("answered")
+        return WResponse("{}")
+
+    httpserver.expect_request("/transfers/push/t/0", method="PUT").respond_with_handler(answer)
+    body = transport_module.StoppableBody(data, threading.Event(), on_sent=lambda: events.append("sent"))
+    assert make_transport().call(peer, "PUT", "/transfers/push/t/0", body=body).status == 200
+    assert sorted(events) == ["answered", "sent"], "called once, after the last piece"

@@ -22,8 +22,8 @@ from ..config import PeerConfig, TransfersConfig
 from ..errors import NetworkProtocol, NotFound, TransfersError
 from ..planner import balance_last_round, push_buckets
 from ..protocol import InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, parse_json_body, round_mb
-from ..transport import PeerError, PeerTransport, as_transfer_error, body_factory, transfer_headers
-from ..workers import Prefetcher, run_pool
+from ..transport import PeerError, PeerTransport, StoppableBody, as_transfer_error, transfer_headers
+from ..workers import Place, Prefetcher, run_pool
 from .engine import JobContext
 from .model import JobRecord
 from .pull import network_speed_kbs, progress
@@ -130,10 +130,21 @@ class PushJobType:
                                    NetworkSpeedKBs=network_speed_kbs(moved[0], last[0] - started))
                 ctx.set_progress(progress(len(done), len(buckets)))
 
-        def handle(index: int) -> None:
+        def handle(index: int, place: Place) -> None:
             try:
                 body = bodies.take(index)
-                self.transport.call(peer, "PUT", f"{path}/{index}", body=body_factory(body, ctx.stop_event),
+
+                def attempt() -> Any:
+                    # Once its body is sent, a PUT gives its place to the next bucket while it waits for the
+                    # answer (a round trip plus the receiver's work), so that the link does not idle; a
+                    # retry takes a place again.
+                    if not place.hold():
+                        raise OSError("upload stopped: the job was asked to stop")
+                    if not body:  # as it is: an empty iterable would be sent chunked
+                        return body
+                    return StoppableBody(body, ctx.stop_event, on_sent=place.release)
+
+                self.transport.call(peer, "PUT", f"{path}/{index}", body=attempt,
                                     headers=self.headers(query, state, "application/octet-stream"),
                                     stop_event=ctx.stop_event)
             except Exception as e:  # noqa: BLE001 - reported as the job's failure, unless asked to stop
@@ -152,7 +163,8 @@ class PushJobType:
             publish()
 
         publish()
-        failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-push-{ctx.id[:8]}")
+        failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-push-{ctx.id[:8]}",
+                            overlap=True)
         publish()
         if failures:
             raise failures[0]
