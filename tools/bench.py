@@ -297,8 +297,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     for m in modes:
         if m not in ALL_MODES:
             parser.error(f"unknown mode {m}; known: {', '.join(ALL_MODES)}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="transfers-bench-"))
 
     def log(message: str) -> None:
         print(message, flush=True)
@@ -309,11 +307,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.tuned:
         variants.append(("tuned-", None, dict(base, **json.loads(args.tuned))))
     for spec in args.cxx_plugin:
-        label, _, path = spec.rpartition("=")
+        label, _, path = spec.partition("=")
+        if not path or "/" in label:  # no label (a path may hold "=")
+            label, path = "", spec
+        path = os.path.abspath(path)  # Orthanc reads it relative to its configuration file otherwise
         if not os.path.isfile(path):
             parser.error(f"--cxx-plugin: no such file {path}")
-        variants.append((f"cxx-{label}-" if label else "cxx-", path, base))
+        prefix = f"cxx-{label}-" if label else "cxx-"
+        if any(prefix == p for p, _, _ in variants):
+            parser.error(f"--cxx-plugin: two builds are named {prefix.rstrip('-')!r}: give each its own LABEL=")
+        variants.append((prefix, path, base))
 
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="transfers-bench-"))
     log(f"Generating the workload: {args.ct} CT slices, {args.mr} MR slices ...")
     studies: List[bytes] = list(generate_study(args.ct, 512, 512, modality="CT", seed=2026))
     if args.mr:

@@ -9,8 +9,8 @@ With ``overlap``, a handler may give its place back before it ends: ``handle(ite
 again before the item starts over, e.g. a retry). A download calls it when what is left of
 its answer will take less time to arrive than a new request takes to get its first byte, so that the
 connection's idle gap between two requests (a round trip plus the peer's preparation) is hidden behind
-the tail of the previous answer. At most ``threads`` items hold a place at once, and at most
-``2 * threads`` run at once.
+the tail of the previous answer; a push calls it once a bucket's body is sent, while the answer is
+awaited. At most ``threads`` items hold a place at once, and at most ``2 * threads`` run at once.
 """
 
 import queue
@@ -24,7 +24,7 @@ _POLL = 0.1  # seconds between checks of the stop events while waiting for a pla
 class Place:
     """One item's place in the pool. ``release()`` gives it back early (idempotent); ``hold()`` takes one
     again before the item starts over (a retry), waiting as long as the pool is full; it answers False
-    when the work is stopping instead."""
+    when the work is stopping instead (even with the place held: no new attempt then)."""
 
     def __init__(self, places: threading.Semaphore, stopping: Callable[[], bool]):
         self._places = places
@@ -39,7 +39,14 @@ class Place:
             self._held = False
         self._places.release()
 
+    @property
+    def held(self) -> bool:
+        with self._lock:
+            return self._held
+
     def hold(self) -> bool:
+        if self._stopping():  # no new attempt once the work is ending, place or not
+            return False
         with self._lock:
             if self._held:
                 return True
@@ -61,19 +68,24 @@ def _acquire(places: threading.Semaphore, stopping: Callable[[], bool]) -> bool:
 
 
 def run_pool(work: "queue.Queue[Any]", threads: int, handle: Callable[..., None],
-             stop_event: threading.Event, name: str = "transfers-worker", overlap: bool = False
-             ) -> List[BaseException]:
+             stop_event: threading.Event, name: str = "transfers-worker", overlap: bool = False,
+             wait_released: bool = True) -> List[BaseException]:
     """Runs ``handle(item)`` (``handle(item, place)`` with ``overlap``) for the queued items; returns
-    the errors that ended the work (first first)."""
+    the errors that ended the work (first first).
+
+    With ``wait_released`` False, work that is ending (stopped, or an item failed) returns as soon as no
+    item holds a place: items that gave theirs back and only wait (a push waiting for the answer to a body
+    it sent) are not waited for; their handler must then change nothing of the job."""
     threads = max(1, threads)
     failures: List[BaseException] = []
     abort = threading.Event()
     places = threading.Semaphore(threads)
+    current: Dict[int, Place] = {}  # worker number -> the place of the item it runs
 
     def stopping() -> bool:
         return stop_event.is_set() or abort.is_set()
 
-    def worker() -> None:
+    def worker(number: int) -> None:
         while not stopping():
             if not _acquire(places, stopping):
                 return
@@ -83,6 +95,7 @@ def run_pool(work: "queue.Queue[Any]", threads: int, handle: Callable[..., None]
             except queue.Empty:
                 place.release()
                 return
+            current[number] = place
             try:
                 if overlap:
                     handle(item, place)
@@ -95,13 +108,18 @@ def run_pool(work: "queue.Queue[Any]", threads: int, handle: Callable[..., None]
                 return
             finally:
                 place.release()
+                current.pop(number, None)
 
     count = min(threads * 2 if overlap else threads, work.qsize())
-    pool = [threading.Thread(target=worker, name=f"{name}-{n}", daemon=True) for n in range(max(1, count))]
+    pool = [threading.Thread(target=worker, args=(n,), name=f"{name}-{n}", daemon=True)
+            for n in range(max(1, count))]
     for t in pool:
         t.start()
     for t in pool:
-        t.join()
+        while t.is_alive():
+            t.join(_POLL)
+            if not wait_released and stopping() and not any(p.held for p in list(current.values())):
+                return list(failures)
     return failures
 
 

@@ -35,7 +35,15 @@ def test_bench_command_writes_its_report(tmp_path):
     assert "| wan | tuned-pull-none |" in (out / "results.md").read_text()
 
 
-def test_bench_command_refuses_a_missing_cxx_library(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tools.bench", "--cxx-plugin", f"1.4={tmp_path}/missing.so"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "missing.so" in result.stderr
+def test_bench_command_refuses_a_missing_cxx_library_or_two_builds_of_one_name(tmp_path):
+    def bench(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tools.bench", "--out", str(tmp_path / "out"), *args],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+
+    result = bench("--cxx-plugin", f"1.4={tmp_path}/missing.so")
+    assert result.returncode == 2 and f"{tmp_path}/missing.so" in result.stderr
+    library = tmp_path / "lib=1.so"  # "=" in a path is not a label
+    library.write_bytes(b"")
+    result = bench("--cxx-plugin", str(library), "--cxx-plugin", f"a={library}", "--cxx-plugin", f"a={library}")
+    assert result.returncode == 2 and "two builds are named 'cxx-a'" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists(), "refused before anything is done"

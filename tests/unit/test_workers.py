@@ -14,6 +14,15 @@ from transfers_plugin.workers import Prefetcher, run_pool
 WAIT = 10
 
 
+def wait_for(condition, timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def queue_of(items) -> "queue.Queue":
     q: "queue.Queue" = queue.Queue()
     for item in items:
@@ -192,6 +201,53 @@ def test_a_retry_after_a_release_takes_a_place_again():
     assert meter.max_holding <= 2, "retries hold places like any item"
 
 
+def test_a_held_place_refuses_a_new_attempt_once_the_work_stops():
+    stop = threading.Event()
+    answers: List[bool] = []
+
+    def handle(item, place):
+        answers.append(place.hold())  # held: yes
+        stop.set()
+        answers.append(place.hold())  # held still, but the work is ending: no new attempt
+
+    run_pool(queue_of([1]), 1, handle, stop, overlap=True)
+    assert answers == [True, False]
+
+
+@pytest.mark.parametrize("wait_released", [True, False])
+def test_a_stopped_pool_waits_for_released_items_only_if_asked(wait_released):
+    stop = threading.Event()
+    finished: List[int] = []
+
+    def handle(item, place):
+        place.release()  # sent: only waits for its answer now
+        if item == 1:
+            stop.set()
+        time.sleep(0.6)
+        finished.append(item)
+
+    t0 = time.monotonic()
+    run_pool(queue_of(range(4)), 2, handle, stop, overlap=True, wait_released=wait_released)
+    elapsed = time.monotonic() - t0
+    if wait_released:
+        assert elapsed >= 0.55 and len(finished) >= 2
+    else:
+        assert elapsed < 0.45 and finished == [], "returned without waiting for the answers"
+
+
+def test_a_pool_that_does_not_wait_for_released_items_still_waits_for_those_holding_a_place():
+    stop = threading.Event()
+    finished: List[int] = []
+
+    def handle(item, place):
+        stop.set()
+        time.sleep(0.3)  # still holding its place (sending)
+        finished.append(item)
+
+    run_pool(queue_of([7]), 2, handle, stop, overlap=True, wait_released=False)
+    assert finished == [7]
+
+
 # --- AnswerTail -----------------------------------------------------------------------------------------
 
 def test_tail_never_without_a_length():
@@ -257,7 +313,8 @@ def test_prefetcher_gives_every_value_and_prepares_ahead():
     prepare = Preparer(delay=0.01)
     bodies = Prefetcher(list(range(10)), prepare, ahead=2)
     assert bodies.take(0) == "body-0"
-    time.sleep(0.1)  # the next two are prepared meanwhile
+    assert wait_for(lambda: len(prepare.calls) >= 3)  # the next two are prepared meanwhile
+    time.sleep(0.05)
     with prepare.lock:
         assert sorted(prepare.calls) == [0, 1, 2]
     t0 = time.monotonic()
@@ -283,7 +340,8 @@ def test_a_started_prefetcher_prepares_the_first_values_before_any_take():
     time.sleep(0.05)
     assert prepare.calls == [], "nothing before start() or a take"
     assert bodies.start() is bodies
-    time.sleep(0.1)
+    assert wait_for(lambda: len(prepare.calls) >= 3)
+    time.sleep(0.05)
     with prepare.lock:
         assert sorted(prepare.calls) == [0, 1, 2]
     assert [bodies.take(k) for k in range(10)] == [f"body-{k}" for k in range(10)]

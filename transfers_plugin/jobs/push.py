@@ -6,7 +6,9 @@ Phases, recorded in the job's resume state (a pause, an Orthanc restart or a ret
    buckets with our ``BucketSize``;
 2. create: ``POST /transfers/push`` with the descriptor (a receiver that is full answers 503: the job waits
    and asks again, up to ``PeerCommitTimeout``); the answer's ``Path`` and cookies are kept;
-3. upload: ``Threads`` workers PUT the buckets (encoded as the query asks), each with ``MaxHttpRetries``;
+3. upload: ``Threads`` workers PUT the buckets (encoded as the query asks, read ahead of their turn), each
+   with ``MaxHttpRetries``; a PUT whose body is sent lets the next one start while it waits for its answer,
+   so at most ``Threads`` bodies are being sent and ``2 * Threads`` requests are open;
 4. commit: ``POST <Path>/commit`` within ``PeerCommitTimeout``: 200 means the receiver checked every MD5 and
    imported everything.
 
@@ -121,14 +123,14 @@ class PushJobType:
         for index in todo:
             work.put(index)
         lock = threading.Lock()
+        ended = [False]  # the upload returned: a PUT still waiting for its answer changes nothing any more
         path = state["Transaction"]
 
-        def publish() -> None:
-            with lock:
-                ctx.update_resume_state(DoneBuckets=sorted(done), UploadedBytes=uploaded[0])
-                ctx.update_content(CompletedHttpQueries=len(done), UploadedSizeMB=round_mb(uploaded[0]),
-                                   NetworkSpeedKBs=network_speed_kbs(moved[0], last[0] - started))
-                ctx.set_progress(progress(len(done), len(buckets)))
+        def publish() -> None:  # with the lock held
+            ctx.update_resume_state(DoneBuckets=sorted(done), UploadedBytes=uploaded[0])
+            ctx.update_content(CompletedHttpQueries=len(done), UploadedSizeMB=round_mb(uploaded[0]),
+                               NetworkSpeedKBs=network_speed_kbs(moved[0], last[0] - started))
+            ctx.set_progress(progress(len(done), len(buckets)))
 
         def handle(index: int, place: Place) -> None:
             try:
@@ -140,7 +142,7 @@ class PushJobType:
                     # retry takes a place again.
                     if not place.hold():
                         raise OSError("upload stopped: the job was asked to stop")
-                    if not body:  # as it is: an empty iterable would be sent chunked
+                    if not body:
                         return body
                     return StoppableBody(body, ctx.stop_event, on_sent=place.release)
 
@@ -156,16 +158,23 @@ class PushJobType:
                                       f"(restarted, or the transaction was evicted)", 404, retryable=False)
                 raise error from None
             with lock:
+                if ended[0]:
+                    return  # the job stopped meanwhile: this bucket is sent again if it goes on
                 done.add(index)
                 uploaded[0] += len(body)
                 moved[0] += len(body)
                 last[0] = time.monotonic()
-            publish()
+                publish()
 
-        publish()
+        with lock:
+            publish()
+        # A stop or a failure does not wait for the PUTs that only wait for their answers: with a large send
+        # buffer on a slow link, that could take long after a pause or a cancel.
         failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-push-{ctx.id[:8]}",
-                            overlap=True)
-        publish()
+                            overlap=True, wait_released=False)
+        with lock:
+            ended[0] = True
+            publish()
         if failures:
             raise failures[0]
         ctx.check()
