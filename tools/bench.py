@@ -122,13 +122,26 @@ class Setup:
         return sum(max(p.bytes) for p in self.proxies.values())
 
 
-def wait_job(server: OrthancServer, job_id: str, timeout: float = 3600) -> Dict[str, Any]:
+def wait_job(server: OrthancServer, job_id: str, receiver: Optional[OrthancServer] = None, expected: int = 0,
+             timeout: float = 3600) -> Dict[str, Any]:
+    """Waits for the end of a transfer job and returns it.
+
+    With a ``receiver``, its ``/statistics`` (a core route, served without the plugin's Python) are polled
+    every 10 ms until it holds ``expected`` instances, and the job only every half second meanwhile:
+    polling ``/jobs/{id}`` of the job's server every few ms, as a monitor would not, takes that server's
+    Python interpreter (its GIL) away from the transfer, which slowed pulls (whose job runs at the
+    receiver, importing) and not pushes. Once the instances are in, the job is polled every 10 ms."""
     deadline = time.monotonic() + timeout
+    next_job_poll = 0.0
     while time.monotonic() < deadline:
-        job = server.get_json(f"/jobs/{job_id}")
-        if job["State"] in ("Success", "Failure"):
-            return job
-        time.sleep(0.02)
+        now = time.monotonic()
+        arrived = receiver is None or int(receiver.get_json("/statistics")["CountInstances"]) >= expected
+        if arrived or now >= next_job_poll:
+            job = server.get_json(f"/jobs/{job_id}")
+            if job["State"] in ("Success", "Failure"):
+                return job
+            next_job_poll = now + 0.5
+        time.sleep(0.01)
     raise RuntimeError(f"job {job_id} did not end")
 
 
@@ -137,7 +150,7 @@ def plugin_version(server: OrthancServer) -> str:
     return str(server.get_json("/plugins/transfers").get("Version", "?"))
 
 
-def run_mode(setup: Setup, mode: str, studies: List[str]) -> None:
+def run_mode(setup: Setup, mode: str, studies: List[str], expected: int = 0) -> None:
     a, b = setup.a, setup.b
     resources = [{"Level": "Study", "ID": s} for s in studies]
     if mode == "peers":
@@ -152,11 +165,11 @@ def run_mode(setup: Setup, mode: str, studies: List[str]) -> None:
     if direction == "push":
         r = a.post("/transfers/send", json={"Resources": resources, "Compression": compression, "Peer": "b"})
         r.raise_for_status()
-        job = wait_job(a, r.json()["ID"])
+        job = wait_job(a, r.json()["ID"], receiver=b, expected=expected)
     else:
         r = b.post("/transfers/pull", json={"Resources": resources, "Compression": compression, "Peer": "a"})
         r.raise_for_status()
-        job = wait_job(b, r.json()["ID"])
+        job = wait_job(b, r.json()["ID"], receiver=b, expected=expected)
     if job["State"] != "Success":
         raise RuntimeError(f"{mode}: job failed: {job['ErrorDescription']}")
 
@@ -170,7 +183,7 @@ def measure_once(setup: Setup, mode: str, studies: List[str], expected: int) -> 
     cpu_before = [cpu_seconds(s.process.pid) for s in (setup.a, setup.b)]
     wire_before = setup.wire_bytes()
     started = time.monotonic()
-    run_mode(setup, mode, studies)
+    run_mode(setup, mode, studies, expected)
     elapsed = time.monotonic() - started
     cpu = [cpu_seconds(s.process.pid) - c for s, c in zip((setup.a, setup.b), cpu_before)]
     stored = int(setup.b.get_json("/statistics")["CountInstances"])
