@@ -194,21 +194,22 @@ def measure_once(setup: Setup, mode: str, studies: List[str], expected: int) -> 
             "wire_bytes": setup.wire_bytes() - wire_before}
 
 
-def measure(setup: Setup, modes: List[Tuple[str, str]], studies: List[str], expected: int, runs: int,
+def measure(plan: List[Tuple[Setup, str, str]], studies: List[str], expected: int, runs: int,
             log: Callable[[str], None]) -> List[Dict[str, Any]]:
-    """``runs`` rounds; each round runs every mode once, in the same order.
+    """``runs`` rounds; each round runs every (setup, mode, name) of ``plan`` once, in the same order.
 
-    Rounds rather than all runs of one mode in a row, and B restarted empty before each run: Orthanc gets
-    slower as transfers accumulate in one process (memory, database), and the modes measured last would
-    pay for it.
+    Rounds rather than all runs of one mode in a row, with every variant's servers up at once (ours, tuned,
+    each C++ build) and B restarted empty before each run: this machine's speed drifts over minutes and
+    Orthanc gets slower as transfers accumulate in one process, so modes or variants measured in a block of
+    their own would meet other conditions than the others.
     """
-    samples: Dict[str, List[Dict[str, Any]]] = {name: [] for _, name in modes}
+    samples: Dict[str, List[Dict[str, Any]]] = {name: [] for _, _, name in plan}
     for i in range(runs):
-        for mode, name in modes:
+        for setup, mode, name in plan:
             sample = measure_once(setup, mode, studies, expected)
             samples[name].append(sample)
-            log(f"  {setup.profile:8} {name:14} run {i + 1}: {sample['seconds']:6.2f} s")
-    return [summarize(setup.profile, name, samples[name]) for _, name in modes]
+            log(f"  {setup.profile:8} {name:24} run {i + 1}: {sample['seconds']:6.2f} s")
+    return [summarize(plan[0][0].profile, name, samples[name]) for name in samples]
 
 
 def summarize(profile: str, name: str, samples: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -343,20 +344,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     versions: Dict[str, str] = {}
     try:
         for profile in args.profiles.split(","):
-            for prefix, library, transfers in variants:
-                setup = Setup(workdir / (prefix or "py"), profile, args, library, transfers)
-                setup.start()
-                try:
+            setups: List[Setup] = []
+            plan: List[Tuple[Setup, str, str]] = []
+            study_ids: List[str] = []
+            try:
+                for prefix, library, transfers in variants:
+                    setup = Setup(workdir / (prefix or "py"), profile, args, library, transfers)
+                    setups.append(setup)
+                    setup.start()
                     if library:
                         versions[prefix.rstrip("-")] = plugin_version(setup.a)
                         log(f"{prefix.rstrip('-')}: {library} reports version {versions[prefix.rstrip('-')]}")
                     ids = [setup.a.upload(d) for d in studies]
+                    # One resource list for all modes: the studies, each as one Study resource (the same
+                    # IDs on every A: Orthanc derives them from the DICOM UIDs).
                     study_ids = sorted({setup.a.get_json(f"/instances/{i}/study")["ID"] for i in ids})
-                    # One resource list for all modes: the studies, each as one Study resource.
-                    names = [(mode, prefix + mode) for mode in modes if not (prefix and mode not in OURS)]
-                    log(f"{profile} / {', '.join(name for _, name in names)}")
-                    results.extend(measure(setup, names, study_ids, len(studies), args.runs, log))
-                finally:
+                    plan += [(setup, mode, prefix + mode) for mode in modes if not (prefix and mode not in OURS)]
+                log(f"{profile} / {', '.join(name for _, _, name in plan)}")
+                results.extend(measure(plan, study_ids, len(studies), args.runs, log))
+            finally:
+                for setup, (prefix, _, _) in zip(setups, variants):
                     setup.stop()
                     shutil.rmtree(workdir / (prefix or "py") / profile, ignore_errors=True)
     finally:
