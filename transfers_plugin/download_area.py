@@ -36,21 +36,43 @@ class DownloadArea:
     def prepare(self) -> bool:
         """Creates the folder; True if it was new.
 
-        A new area gets its files as buckets are written (creating hundreds of files up front delayed the
-        first bucket of a push by tens of milliseconds); only empty instances, which no bucket writes, get
-        one now. In an area that was already there (a job resumed), every file is given its right size, a
-        missing one as a sparse file, so that verification finds what is wrong and the buckets are fetched
-        again."""
+        Files are created as buckets are written (creating hundreds of files up front delayed the first
+        bucket of a push by tens of milliseconds); only empty instances, which no bucket writes, get one
+        now. What an area that was already there (a job resumed) holds is left as it is: see
+        :meth:`damaged`."""
         new = not self.root.is_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         for info in self.instances.values():
-            if new and info.size:
-                continue
-            p = self.path(info.id)
-            if not p.exists() or p.stat().st_size != info.size:
-                with open(p, "ab") as f:
-                    f.truncate(info.size)
+            if not info.size:
+                self.path(info.id).touch()
         return new
+
+    def damaged(self, complete: Iterable[str], started: Iterable[str]) -> Set[str]:
+        """Of the instances said to be ``complete`` (all their bytes written and verified) and ``started``
+        (some bytes written), those whose file is gone, or, when complete, has another size: a resumed job
+        must fetch them again (after :meth:`forget`)."""
+        damaged = set()
+        for instance_id in set(complete) | set(started):
+            info = self.instances.get(instance_id)
+            if info is None or not info.size:
+                continue
+            try:
+                size = self.path(instance_id).stat().st_size
+            except FileNotFoundError:
+                damaged.add(instance_id)
+                continue
+            if instance_id in complete and size != info.size:
+                damaged.add(instance_id)
+        return damaged
+
+    def forget(self, instance_ids: Iterable[str]) -> None:
+        """Deletes what was written of these instances (their buckets will be written again)."""
+        for instance_id in instance_ids:
+            self.digests.pop(instance_id, None)
+            try:
+                self.path(instance_id).unlink()
+            except FileNotFoundError:
+                pass
 
     def writer(self, bucket: Bucket, skip: Optional[Set[str]] = None) -> "BucketWriter":
         for c in bucket.chunks:

@@ -55,6 +55,26 @@ def network_speed_kbs(n_bytes: int, seconds: float) -> int:
     return 0 if ms < 10 else int(n_bytes * 1000 / (1024 * ms))
 
 
+def forget_damaged(ctx: Any, area: DownloadArea, buckets: List[Bucket],
+                   log_warning: Callable[[str], None] = lambda m: None) -> Set[str]:
+    """A resumed pull: the instances whose files in the download area are gone or damaged (deleted by hand,
+    a disk problem) lose their progress, so that their buckets are fetched again rather than a commit
+    failing (or, for a file of the right size that was never written, a resubmit failing forever)."""
+    state = ctx.resume_state
+    carried = instances_of(buckets)
+    done = set(state.get("DoneBuckets", []))
+    started = {iid for index in done for iid in carried.get(index, ())}
+    damaged = area.damaged(state.get("Verified", []), started)
+    if damaged:
+        log_warning(f"Transfers: job {ctx.id}: {len(damaged)} instance(s) are missing or damaged in the download "
+                    f"area; fetching them again")
+        area.forget(damaged)
+        ctx.update_resume_state(
+            Verified=[i for i in state.get("Verified", []) if i not in damaged],
+            DoneBuckets=sorted(index for index in done if not (carried.get(index, set()) & damaged)))
+    return damaged
+
+
 class PullJobType:
     name = JOB_TYPE
 
@@ -101,9 +121,12 @@ class PullJobType:
         buckets = pull_buckets([(i.id, i.size) for i in instances], state["BucketSizeKB"], peer.url,
                                query.compression)
         area = self.area_for(ctx.record, instances)
-        if area.prepare() and state.get("DoneBuckets"):
-            self.log_warning(f"Transfers: job {ctx.id}: the download area was lost, downloading everything again")
-            ctx.update_resume_state(DoneBuckets=[], Verified=[])
+        if area.prepare():
+            if state.get("DoneBuckets"):
+                self.log_warning(f"Transfers: job {ctx.id}: the download area was lost, downloading everything again")
+                ctx.update_resume_state(DoneBuckets=[], Verified=[])
+        else:
+            forget_damaged(ctx, area, buckets, self.log_warning)
         t0 = time.monotonic()
         if len(state["Verified"]) < len(instances):
             self.download(ctx, query, peer, instances, buckets, area)
