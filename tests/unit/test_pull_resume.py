@@ -1,7 +1,9 @@
 """A resumed pull whose download area lost files: their progress is forgotten, so they are fetched again."""
 
 import hashlib
-from typing import Any, Dict, List
+from typing import List
+
+from job_context import FakeJobContext
 
 from transfers_plugin.download_area import DownloadArea
 from transfers_plugin.jobs.pull import forget_damaged
@@ -15,15 +17,6 @@ DATA = {A: b"a" * 300, B: b"b" * 500, C: b"c" * 200}
 BUCKETS = [Bucket((Chunk(A, 0, 300), Chunk(B, 0, 100))), Bucket((Chunk(B, 100, 400),)), Bucket((Chunk(C, 0, 200),))]
 
 
-class Ctx:
-    def __init__(self, state: Dict[str, Any]):
-        self.id = "job"
-        self.resume_state = state
-
-    def update_resume_state(self, **values: Any) -> None:
-        self.resume_state.update(values)
-
-
 def area_with_everything(tmp_path) -> DownloadArea:
     infos = [InstanceInfo(i, len(d), hashlib.md5(d).hexdigest()) for i, d in DATA.items()]
     area = DownloadArea(tmp_path / "job", infos)
@@ -35,7 +28,7 @@ def area_with_everything(tmp_path) -> DownloadArea:
 
 def test_an_intact_area_keeps_its_progress(tmp_path):
     area = area_with_everything(tmp_path)
-    ctx = Ctx({"DoneBuckets": [0, 1, 2], "Verified": [A, B, C]})
+    ctx = FakeJobContext({"DoneBuckets": [0, 1, 2], "Verified": [A, B, C]})
     assert forget_damaged(ctx, area, BUCKETS) == set()
     assert ctx.resume_state == {"DoneBuckets": [0, 1, 2], "Verified": [A, B, C]}
 
@@ -44,7 +37,7 @@ def test_a_deleted_verified_file_is_fetched_again_with_every_bucket_carrying_it(
     area = area_with_everything(tmp_path)
     area.path(B).unlink()
     warnings: List[str] = []
-    ctx = Ctx({"DoneBuckets": [0, 1, 2], "Verified": [A, B, C]})
+    ctx = FakeJobContext({"DoneBuckets": [0, 1, 2], "Verified": [A, B, C]})
     assert forget_damaged(ctx, area, BUCKETS, warnings.append) == {B}
     assert ctx.resume_state == {"DoneBuckets": [2], "Verified": [A, C]}
     assert len(warnings) == 1 and "1 instance" in warnings[0]
@@ -55,7 +48,7 @@ def test_a_verified_file_of_another_size_is_deleted_and_fetched_again(tmp_path):
     area = area_with_everything(tmp_path)
     with open(area.path(C), "ab") as f:
         f.write(b"garbage")
-    ctx = Ctx({"DoneBuckets": [0, 1, 2], "Verified": [A, B, C]})
+    ctx = FakeJobContext({"DoneBuckets": [0, 1, 2], "Verified": [A, B, C]})
     assert forget_damaged(ctx, area, BUCKETS) == {C}
     assert ctx.resume_state == {"DoneBuckets": [0, 1], "Verified": [A, B]}
     assert not area.path(C).exists(), "rewritten from scratch: pwrite alone would not shorten it"
@@ -64,6 +57,6 @@ def test_a_verified_file_of_another_size_is_deleted_and_fetched_again(tmp_path):
 def test_a_started_instance_whose_file_is_gone_loses_its_done_buckets(tmp_path):
     area = area_with_everything(tmp_path)
     area.path(B).unlink()  # bucket 0 was done, B not verified yet (bucket 1 missing)
-    ctx = Ctx({"DoneBuckets": [0, 2], "Verified": [A, C]})
+    ctx = FakeJobContext({"DoneBuckets": [0, 2], "Verified": [A, C]})
     assert forget_damaged(ctx, area, BUCKETS) == {B}
     assert ctx.resume_state == {"DoneBuckets": [2], "Verified": [A, C]}

@@ -3,9 +3,10 @@ and a stop that does not wait for the answers still coming."""
 
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import pytest
+from job_context import FakeJobContext
 
 from transfers_plugin.config import PeerConfig, parse_configuration
 from transfers_plugin.errors import TransfersError
@@ -18,30 +19,8 @@ SLICE = 256 * 1024  # StoppableBody.PIECE
 PEER = PeerConfig("b", "http://b.invalid/")
 
 
-class Ctx:
-    """The part of JobContext an upload uses; records every change, and when it was made."""
-
-    def __init__(self) -> None:
-        self.id = "0123456789abcdef"
-        self.stop_event = threading.Event()
-        self.resume_state: Dict[str, Any] = {"Transaction": "/transfers/push/t"}
-        self.changes: List[float] = []
-        self.lock = threading.Lock()
-
-    def update_resume_state(self, **values: Any) -> None:
-        with self.lock:
-            self.resume_state.update(values)
-            self.changes.append(time.monotonic())
-
-    def update_content(self, **values: Any) -> None:
-        with self.lock:
-            self.changes.append(time.monotonic())
-
-    def set_progress(self, fraction: float) -> None:
-        pass
-
-    def check(self) -> None:
-        pass
+def upload_context() -> FakeJobContext:
+    return FakeJobContext({"Transaction": "/transfers/push/t"})
 
 
 class Peer:
@@ -93,7 +72,7 @@ class Source:
         return bytes(bucket.total_size)
 
 
-def upload(peer: Peer, ctx: Ctx, buckets: int, threads: int, slices: int = 4) -> None:
+def upload(peer: Peer, ctx: FakeJobContext, buckets: int, threads: int, slices: int = 4) -> None:
     ids = [f"{k:08x}-00000000-00000000-00000000-00000000" for k in range(buckets)]
     descriptor = PushDescriptor(tuple(InstanceInfo(i, slices * SLICE, "0" * 32) for i in ids),
                                 tuple(Bucket((Chunk(i, 0, slices * SLICE),)) for i in ids), "none")
@@ -110,7 +89,7 @@ def upload(peer: Peer, ctx: Ctx, buckets: int, threads: int, slices: int = 4) ->
 
 
 def test_a_sent_body_gives_its_place_to_the_next_bucket_while_its_answer_comes():
-    peer, ctx = Peer(), Ctx()
+    peer, ctx = Peer(), upload_context()
     upload(peer, ctx, buckets=16, threads=3)
     assert sorted(peer.answered) == list(range(16))
     assert ctx.resume_state["DoneBuckets"] == list(range(16))
@@ -121,7 +100,7 @@ def test_a_sent_body_gives_its_place_to_the_next_bucket_while_its_answer_comes()
 
 def test_a_retry_after_a_whole_body_takes_a_place_again():
     # Sending dominates: a retry that sent without a place would overlap the bodies of the others.
-    peer, ctx = Peer(slice_time=0.01, answer_time=0.002, fail_once=frozenset(range(0, 10, 2))), Ctx()
+    peer, ctx = Peer(slice_time=0.01, answer_time=0.002, fail_once=frozenset(range(0, 10, 2))), upload_context()
     upload(peer, ctx, buckets=10, threads=2)
     assert sorted(peer.answered) == list(range(10))
     assert peer.attempts[0] == 2 and peer.attempts[1] == 1
@@ -129,7 +108,7 @@ def test_a_retry_after_a_whole_body_takes_a_place_again():
 
 
 def test_a_stop_does_not_wait_for_the_answers_still_coming_and_they_change_nothing():
-    peer, ctx = Peer(answer_time=1.5), Ctx()
+    peer, ctx = Peer(answer_time=1.5), upload_context()
     done = threading.Event()
 
     def stop_once_bodies_are_sent() -> None:
@@ -163,7 +142,7 @@ def test_a_failure_is_reported_without_waiting_for_the_answers_still_coming():
                 raise PeerError("Peer 'b' answered HTTP 400 to PUT", 400, retryable=False)
             return super().call(peer, method, uri, **kwargs)
 
-    peer, ctx = Failing(answer_time=2.0), Ctx()
+    peer, ctx = Failing(answer_time=2.0), upload_context()
     t0 = time.monotonic()
     with pytest.raises(PeerError, match="400"):
         upload(peer, ctx, buckets=8, threads=2)
