@@ -85,13 +85,6 @@ class OrthancApi:
     def delete_instance(self, instance_id: str) -> None:
         self._call(self.orthanc.RestApiDelete, f"/instances/{instance_id}")
 
-    def instance_exists(self, instance_id: str) -> bool:
-        try:
-            self._call(self.orthanc.RestApiGet, f"/instances/{instance_id}/attachments/dicom/size")
-            return True
-        except NotFound:
-            return False
-
     # -- global properties -----------------------------------------------------------------------------
 
     def get_global_property(self, property_id: int, default: str = "") -> str:

@@ -74,6 +74,32 @@ def test_pause_resume_then_success(source, proxy, target):
     assert target.post(f"/jobs/{job_id}/resume").status_code == 400
 
 
+def test_files_lost_from_a_paused_pull_are_fetched_again(source, proxy, target):
+    """Files of a paused pull deleted or cut short in its download area (by hand, a disk problem): the
+    resumed job fetches those instances again and commits every instance byte for byte; before, the commit
+    failed, and every resubmit after it."""
+    server, files, study = source
+    job_id = pull(target, "a", [{"Level": "Study", "ID": study}], "none")
+    wait_job(target, job_id, ["Running"], condition=lambda job: job["Content"].get("CompletedHttpQueries", 0) >= 6)
+    assert target.post(f"/jobs/{job_id}/pause").json() == {}
+    wait_job(target, job_id, ["Paused"], timeout=10)
+
+    area = target.workdir / "storage" / "transfers-tmp" / job_id
+    whole = sorted(p for p in area.glob("*.dcm") if p.stat().st_size == len(files[p.stem]))
+    assert len(whole) >= 2, f"the paused pull should have whole files in {area}"
+    whole[0].unlink()
+    with open(whole[1], "r+b") as f:
+        f.truncate(1000)
+    moved = proxy.downstream_bytes
+
+    assert target.post(f"/jobs/{job_id}/resume").json() == {}
+    job = wait_job(target, job_id)
+    assert job["State"] == "Success", job
+    assert_same_instances(target, files)
+    assert "2 instance(s) are missing or damaged in the download area" in target.log_text()
+    assert proxy.downstream_bytes - moved >= len(files[whole[0].stem]) + len(files[whole[1].stem])
+
+
 def test_cancel_then_resubmit(source, proxy, target):
     server, files, study = source
     job_id = pull(target, "a", [{"Level": "Study", "ID": study}], "none")
