@@ -41,6 +41,16 @@ OURS = ("push-none", "push-gzip", "pull-none", "pull-gzip")
 ALL_MODES = ("peers", "dicom") + OURS
 
 
+def cxx_build(spec: str) -> Tuple[str, str]:
+    """``[LABEL=]PATH`` of a C++ plugin's library: its label ("" if none) and its absolute path (Orthanc
+    reads a relative one from its configuration file's folder). A path may hold "=": what comes before the
+    first "=" is a label only if it has no "/"."""
+    label, _, path = spec.partition("=")
+    if not path or "/" in label:
+        label, path = "", spec
+    return label, os.path.abspath(path)
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -322,10 +332,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.tuned:
         variants.append(("tuned-", None, dict(base, **json.loads(args.tuned))))
     for spec in args.cxx_plugin:
-        label, _, path = spec.partition("=")
-        if not path or "/" in label:  # no label (a path may hold "=")
-            label, path = "", spec
-        path = os.path.abspath(path)  # Orthanc reads it relative to its configuration file otherwise
+        label, path = cxx_build(spec)
         if not os.path.isfile(path):
             parser.error(f"--cxx-plugin: no such file {path}")
         prefix = f"cxx-{label}-" if label else "cxx-"

@@ -14,6 +14,7 @@ from typing import Dict, List, Tuple
 import pytest
 from transfer_helpers import assert_same_instances, load_study, pull, study_of, wait_job
 
+from tools.bench import cxx_build
 from tools.orthanc_launcher import free_port
 
 # Small buckets: many of them, and instances split across several.
@@ -23,10 +24,8 @@ TRANSFERS = {"BucketSize": 128, "Threads": 3}
 def cxx_builds() -> List[Tuple[str, str]]:
     builds = []
     for spec in filter(None, os.environ.get("TRANSFERS_CXX_PLUGINS", "").split(":")):
-        label, _, path = spec.partition("=")
-        if not path:
-            label, path = Path(spec).parent.name, spec
-        builds.append((label, os.path.abspath(path)))
+        label, path = cxx_build(spec)  # the same [LABEL=]PATH as the benchmark's --cxx-plugin
+        builds.append((label or Path(path).parent.name, path))
     return builds
 
 
