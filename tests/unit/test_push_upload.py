@@ -13,7 +13,6 @@ from transfers_plugin.errors import TransfersError
 from transfers_plugin.jobs.push import PushJobType
 from transfers_plugin.protocol import Bucket, Chunk, InstanceInfo, PushDescriptor, TransferQuery
 from transfers_plugin.transport import HttpAnswer, PeerError
-from transfers_plugin.workers import Prefetcher
 
 SLICE = 256 * 1024  # StoppableBody.PIECE
 PEER = PeerConfig("b", "http://b.invalid/")
@@ -81,7 +80,7 @@ def upload(peer: Peer, ctx: FakeJobContext, buckets: int, threads: int, slices: 
     query = TransferQuery.from_json({"Resources": [{"Level": "Study", "ID": "x"}], "Peer": "b",
                                      "Compression": "none"})
     todo = list(range(buckets))
-    bodies = Prefetcher(todo, lambda index: job.source.bucket_payload(descriptor.buckets[index]), threads).start()
+    bodies = job.prefetch_bodies(query, descriptor.buckets, todo, "test-prepare")
     try:
         job.upload(ctx, query, PEER, descriptor, todo, bodies)
     finally:

@@ -18,12 +18,12 @@ A failed or canceled job DELETEs its remote transaction.
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from ..config import PeerConfig, TransfersConfig
 from ..errors import NetworkProtocol, NotFound, TransfersError
 from ..planner import balance_last_round, push_buckets
-from ..protocol import InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, parse_json_body, round_mb
+from ..protocol import Bucket, InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, parse_json_body, round_mb
 from ..transport import PeerError, PeerTransport, StoppableBody, as_transfer_error, transfer_headers
 from ..workers import Place, Prefetcher, run_pool
 from .engine import JobContext
@@ -69,11 +69,8 @@ class PushJobType:
         new = "Transaction" not in state
         done = set() if new else set(state.get("DoneBuckets", []))
         todo = [index for index in range(len(buckets)) if index not in done]
-        # The next bodies are read and encoded while the current ones are on the wire, the first ones while
-        # the transaction is created.
-        codec = self.config.codec(query.compression)
-        bodies = Prefetcher(todo, lambda index: codec.encode(self.source.bucket_payload(buckets[index])),
-                            self.config.threads, f"transfers-push-prepare-{ctx.id[:8]}").start()
+        # The first bodies are read while the transaction is created.
+        bodies = self.prefetch_bodies(query, buckets, todo, f"transfers-push-prepare-{ctx.id[:8]}")
         try:
             if new:
                 self.create(ctx, query, peer, descriptor)
@@ -108,6 +105,14 @@ class PushJobType:
             raise NetworkProtocol(f"Peer {peer.name!r} answered the push creation without a valid Path")
         ctx.update_resume_state(Transaction=path, Cookie="; ".join(answer.cookies), DoneBuckets=[], UploadedBytes=0)
         ctx.save_now()
+
+    def prefetch_bodies(self, query: TransferQuery, buckets: Sequence[Bucket], todo: List[int],
+                        name: str) -> Prefetcher:
+        """The PUT bodies of the buckets of ``todo``, read and encoded ahead of their turn (at most ``Threads``
+        ahead), while the current ones are on the wire; the first ones are started at once."""
+        codec = self.config.codec(query.compression)
+        return Prefetcher(todo, lambda index: codec.encode(self.source.bucket_payload(buckets[index])),
+                          self.config.threads, name).start()
 
     def upload(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, descriptor: PushDescriptor,
                todo: List[int], bodies: Prefetcher) -> None:
