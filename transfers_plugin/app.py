@@ -4,15 +4,14 @@
 with a fake one. Nothing here imports ``orthanc``.
 """
 
-import shutil
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import PLUGIN_NAME, __version__
 from .config import ConfigError, TransfersConfig, merge_registered_peers, parse_configuration
+from .download_area import DownloadArea
 from .errors import NetworkProtocol, NotFound, TransfersError
 from .jobs.engine import JobEngine
 from .jobs.pull import PullJobType
@@ -21,11 +20,11 @@ from .jobs.routes import build_job_routes
 from .jobs.store import GlobalPropertyJobStore
 from .journal import CommitJournal
 from .peers import has_transfers_plugin, probe_peers
-from .protocol import TransferQuery, dumps_compact, parse_json_body
-from .receiver import PushReceiver
+from .protocol import PEER_ID, UUID, TransferQuery, dumps_compact
+from .receiver import FOLDER_PREFIX, PushReceiver
 from .routes import Router, build_push_routes, build_source_routes, build_transfer_routes
 from .source import Source
-from .transport import PeerTransport, transfer_headers
+from .transport import PeerTransport, parse_peer_json, transfer_headers
 
 EXPLORER_SCRIPT = Path(__file__).resolve().parent / "explorer" / "transfers.js"
 DESCRIPTION = ("Accelerates transfers between Orthanc peers (Python implementation, wire-compatible with "
@@ -37,7 +36,6 @@ class Application:
         self.api = api
         self.config = config
         self.originator = str(uuid.uuid4())  # changes at every start, as the C++ plugin's
-        self.started_at = time.time() - 1.0  # folders older than this start are from an earlier run
         self.source = Source(api, config.cache_size_bytes, config.threads)
         self.transport = PeerTransport(config)
         self.download_root = Path(config.download_area).absolute()
@@ -48,7 +46,7 @@ class Application:
         self.engine = JobEngine({self.pull_job.name: self.pull_job, self.push_job.name: self.push_job}, store,
                                 config.concurrent_jobs,
                                 config.jobs_history_size, api.log_info, api.log_error, log_warning=api.log_warning)
-        self.router = Router(api.log_error)
+        self.router = Router(api.log_error, api.log_info)
         build_source_routes(self.router, self)
         build_transfer_routes(self.router, self)
         build_job_routes(self.router, self.engine, api)
@@ -60,7 +58,7 @@ class Application:
                                          api.log_warning,
                                          journal=CommitJournal(api.get_global_property, api.set_global_property,
                                                                owner=self.originator))
-            build_push_routes(self.router, self.receiver)
+            build_push_routes(self.router, self.receiver, config.limits)
 
     # -- what the routes need ------------------------------------------------------------------------
 
@@ -114,12 +112,13 @@ class Application:
                 "Originator": self.originator, "Peer": peer.remote_self, "Priority": query.priority}
         answer = self.transport.call(peer, "POST", "/transfers/pull", body=dumps_compact(body), expect_json=True,
                                      headers=transfer_headers(query.sender_transfer_id, "application/json"))
-        remote = parse_json_body(answer.content, "pull answer")
-        if not (isinstance(remote, dict) and isinstance(remote.get("ID"), str)
-                and isinstance(remote.get("Path"), str)):
-            raise NetworkProtocol(f"Peer {peer.name!r} answered /transfers/pull without an ID and a Path")
-        return {"Peer": peer.name, "RemoteJob": remote["ID"],
-                "URL": peer.url.rstrip("/") + "/" + remote["Path"].lstrip("/")}
+        remote = parse_peer_json(peer, answer.content, "answer to /transfers/pull", self.config.limits)
+        job_id = remote.get("ID") if isinstance(remote, dict) else None
+        if not (isinstance(job_id, str) and PEER_ID.fullmatch(job_id)
+                and remote.get("Path") in (f"/jobs/{job_id}", f"//jobs/{job_id}")):
+            raise NetworkProtocol(f"Peer {peer.name!r} answered /transfers/pull without a job ID and its Path "
+                                  f"(/jobs/<ID>)")
+        return {"Peer": peer.name, "RemoteJob": job_id, "URL": peer.url.rstrip("/") + f"/jobs/{job_id}"}
 
     # -- Orthanc events ------------------------------------------------------------------------------
 
@@ -139,19 +138,27 @@ class Application:
             self.receiver.expire_idle()
 
     def sweep_download_root(self) -> None:
-        """Removes partial downloads that belong to no known job (left by a job dropped from the history)
-        and the folders of push transactions of earlier runs. Folders this run created are kept: requests
-        are served before the saved jobs are loaded, so a push may already be filling its own."""
-        if not self.download_root.is_dir():
+        """Removes the folders of the download area that nothing will use: partial downloads of jobs no
+        longer known (dropped from the history) and the folders of push transactions of earlier runs (killed
+        with Orthanc; transactions do not survive a restart), whatever their age. Only folders named as
+        this plugin names them are touched; those of this run's jobs and transactions stay."""
+        try:
+            children = list(self.download_root.iterdir()) if self.download_root.is_dir() else []
+        except OSError as e:
+            self.api.log_warning(f"Transfers: cannot list the download area {self.download_root}: {e.strerror}")
             return
-        for child in self.download_root.iterdir():
-            try:
-                new = child.stat().st_mtime >= self.started_at
-            except OSError:
+        for child in children:
+            name = child.name
+            ours = UUID.fullmatch(name[len(FOLDER_PREFIX):] if name.startswith(FOLDER_PREFIX) else name)
+            if not ours or not child.is_dir() or self.engine.owns(name):
                 continue
-            if child.is_dir() and not new and not self.engine.owns(child.name):
-                shutil.rmtree(child, ignore_errors=True)
+            if self.receiver is not None and self.receiver.owns(name):
+                continue
+            try:
+                DownloadArea(child, ()).remove()
                 self.api.log_info(f"Transfers: removed the orphan download area {child}")
+            except TransfersError as e:
+                self.api.log_warning(f"Transfers: {e}")
 
     def on_stopped(self) -> None:
         """The plugin is finalized: Orthanc's database is already closed to plugins, so the jobs are not

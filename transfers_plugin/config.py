@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .codec import Codec, get_codec
+from .protocol import MB, Limits
 
 SECTION = "Transfers"
 
@@ -37,6 +38,8 @@ TRANSFERS_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
 PLUGIN_INT_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
     "CompressionLevel": (1, 1, 9, "gzip level of the buckets this plugin compresses"),
     "PushTransactionTimeout": (3600, 10, 7 * 24 * 3600, "seconds after which an idle push transaction is discarded"),
+    "MaxJsonBodySize": (64, 1, 4096, "largest JSON body accepted from a client or read from a peer, in MB"),
+    "MaxTransferInstances": (100_000, 1, 10_000_000, "instances (and buckets, resources) of one transfer"),
 }
 INT_OPTIONS = {**TRANSFERS_OPTIONS, **PLUGIN_INT_OPTIONS}
 
@@ -85,6 +88,8 @@ class TransfersConfig:
     commit_threads_count: int = 1
     push_transaction_timeout: int = 3600
     compression_level: int = 1
+    max_json_body_size_mb: int = 64
+    max_transfer_instances: int = 100_000
     # Global Orthanc options the plugin follows.
     http_timeout: int = 60  # seconds, 0 means no timeout
     https_verify_peers: bool = True
@@ -100,6 +105,10 @@ class TransfersConfig:
     def codec(self, name: str) -> Codec:
         """The codec of a wire compression name, at this plugin's ``CompressionLevel`` for gzip."""
         return get_codec(name, self.compression_level if name == "gzip" else None)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_json_body_size_mb * MB, self.max_transfer_instances)
 
     @property
     def cache_size_bytes(self) -> int:
@@ -122,6 +131,8 @@ _ATTRS = {
     "CommitThreadsCount": "commit_threads_count",
     "PushTransactionTimeout": "push_transaction_timeout",
     "CompressionLevel": "compression_level",
+    "MaxJsonBodySize": "max_json_body_size_mb",
+    "MaxTransferInstances": "max_transfer_instances",
 }
 
 

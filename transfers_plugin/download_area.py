@@ -5,30 +5,80 @@ the same bytes). Memory stays bounded: a bucket is written piece by piece as it 
 touches Orthanc: committing is the caller's job, after :meth:`verify` has checked size and MD5.
 """
 
+import contextlib
+import errno
 import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Set
 
 from .commitment import check_digest, check_file
-from .errors import NetworkProtocol, NotFound, ParameterOutOfRange
-from .protocol import Bucket, InstanceInfo
+from .errors import DiskError, InsufficientStorage, NetworkProtocol, NotFound, ParameterOutOfRange
+from .protocol import ORTHANC_ID, Bucket, InstanceInfo, check_orthanc_id, shown
 
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def disk_error(e: OSError, folder: Path, doing: str) -> DiskError:
+    """An error of the operating system on the download area, in words a PACS administrator acts on."""
+    why = e.strerror or type(e).__name__
+    if e.errno in FULL:
+        return InsufficientStorage(f"The download area {folder} is full ({why}) while {doing}: free some space "
+                                   f"on its disk, or set Transfers.DownloadArea to a folder on a larger one")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return DiskError(f"Orthanc is not allowed to write in the download area {folder} ({why}) while {doing}: "
+                         f"check the owner and permissions of that folder")
+    if e.errno == errno.EROFS:
+        return DiskError(f"The download area {folder} is on a read-only file system ({why}) while {doing}")
+    if e.errno == errno.EIO:
+        return DiskError(f"The disk of the download area {folder} failed ({why}) while {doing}: check the disk")
+    return DiskError(f"The download area {folder} cannot be used ({why}) while {doing}")
+
+
+@contextlib.contextmanager
+def on_disk(folder: Path, doing: str) -> Iterator[None]:
+    """Turns the operating system's errors of the block into :func:`disk_error`."""
+    try:
+        yield
+    except OSError as e:
+        raise disk_error(e, folder, doing) from None
+
+
+def free_space(folder: Path) -> int:
+    """Bytes free for Orthanc on the disk of ``folder`` (created if missing)."""
+    with on_disk(folder, "measuring its free space"):
+        folder.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(folder).free
 
 
 class DownloadArea:
+    """The files of one transfer, in ``root``. Only instance IDs in Orthanc's format make file names, and a
+    name that would resolve outside ``root`` is refused as well."""
+
     def __init__(self, root: Path, instances: Sequence[InstanceInfo]):
         self.root = Path(root)
+        for info in instances:
+            check_orthanc_id(info.id, "An instance ID")
         self.instances: Dict[str, InstanceInfo] = {i.id: i for i in instances}
         # MD5 of instances written whole by one bucket, computed while writing: no need to read them back.
         self.digests: Dict[str, str] = {}
 
     def path(self, instance_id: str) -> Path:
         if instance_id not in self.instances:
-            raise NotFound(f"Instance {instance_id} is not part of this transfer")
-        return self.root / f"{instance_id}.dcm"
+            raise NotFound(f"Instance {shown(instance_id)} is not part of this transfer")
+        name = f"{instance_id}.dcm"
+        path = self.root / name
+        if not ORTHANC_ID.fullmatch(instance_id) or path.name != name or path.parent != self.root:
+            raise ParameterOutOfRange(f"Instance ID {shown(instance_id)} does not make a file name of the "
+                                      f"download area")
+        return path
+
+    def disk(self, doing: str):
+        """A block whose operating system errors become :class:`DiskError` naming this area's folder."""
+        return on_disk(self.root.parent, doing)
 
     def exists(self) -> bool:
         return self.root.is_dir()
@@ -40,11 +90,12 @@ class DownloadArea:
         bucket of a push by tens of milliseconds); only empty instances, which no bucket writes, get one
         now. What an area that was already there (a job resumed) holds is left as it is: see
         :meth:`damaged`."""
-        new = not self.root.is_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
-        for info in self.instances.values():
-            if not info.size:
-                self.path(info.id).touch()
+        with self.disk("creating the folder of a transfer"):
+            new = not self.root.is_dir()
+            self.root.mkdir(parents=True, exist_ok=True)
+            for info in self.instances.values():
+                if not info.size:
+                    self.path(info.id).touch()
         return new
 
     def damaged(self, complete: Iterable[str], started: Iterable[str]) -> Set[str]:
@@ -61,6 +112,8 @@ class DownloadArea:
             except FileNotFoundError:
                 damaged.add(instance_id)
                 continue
+            except OSError as e:
+                raise disk_error(e, self.root.parent, "checking the files of a resumed transfer") from None
             if instance_id in complete and size != info.size:
                 damaged.add(instance_id)
         return damaged
@@ -73,6 +126,8 @@ class DownloadArea:
                 self.path(instance_id).unlink()
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                raise disk_error(e, self.root.parent, "deleting a partial file") from None
 
     def writer(self, bucket: Bucket, skip: Optional[Set[str]] = None) -> "BucketWriter":
         for c in bucket.chunks:
@@ -103,12 +158,32 @@ class DownloadArea:
                 check_digest(info, path.stat().st_size, digest)
         except FileNotFoundError:  # no byte of it was written: it is empty
             check_digest(info, 0, EMPTY_MD5)
+        except OSError as e:
+            raise disk_error(e, self.root.parent, f"checking instance {instance_id}") from None
 
     def read(self, instance_id: str) -> bytes:
-        return self.path(instance_id).read_bytes()
+        with self.disk(f"reading instance {instance_id} for its import"):
+            return self.path(instance_id).read_bytes()
+
+    def files(self) -> Set[str]:
+        """The instances that have a file in the area."""
+        with self.disk("listing the files of a transfer"):
+            try:
+                names = os.listdir(self.root)
+            except FileNotFoundError:
+                return set()
+        return {n[:-4] for n in names if n.endswith(".dcm") and n[:-4] in self.instances}
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Deletes the folder and everything in it; raises :class:`DiskError` if something stays."""
+        failures: list = []
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(self.root, onexc=lambda function, path, error: failures.append(error))
+        else:
+            shutil.rmtree(self.root, onerror=lambda function, path, info: failures.append(info[1]))
+        failures = [e for e in failures if not isinstance(e, FileNotFoundError)]
+        if failures:
+            raise disk_error(failures[0], self.root.parent, f"deleting the folder {self.root.name}")
 
 
 class BucketWriter:
@@ -149,6 +224,10 @@ class BucketWriter:
         return fd
 
     def write(self, data: bytes) -> None:
+        with self.area.disk("writing a bucket"):
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         view = memoryview(data)
         if self.position + len(view) > self.total:
             raise NetworkProtocol(f"The bucket payload is longer than the {self.total} bytes announced")
@@ -175,9 +254,15 @@ class BucketWriter:
                     self._start_chunk()
 
     def close(self, complete: bool = True) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        fds, self._fds = list(self._fds.values()), {}
+        error: Optional[OSError] = None
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError as e:  # every file is closed; the first failure is reported
+                error = error or e
+        if error is not None:
+            raise disk_error(error, self.area.root.parent, "writing a bucket")
         if complete and self.position != self.total:
             raise NetworkProtocol(f"The bucket payload has {self.position} bytes instead of {self.total}")
 

@@ -13,6 +13,7 @@ HTTP_REASONS = {
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
+    507: "Insufficient Storage",
 }
 
 # Orthanc error codes (OrthancPluginErrorCode) used in answers, named as Orthanc names them.
@@ -24,6 +25,7 @@ ORTHANC_ERRORS = {
     6: "Bad sequence of calls",
     8: "Bad request",
     9: "Error in the network protocol",
+    14: "Cannot write to file",
     15: "Bad file format",
     16: "Timeout",
     17: "Unknown resource",
@@ -79,6 +81,12 @@ class BadFileFormat(BadRequest):
     orthanc_code = 15
 
 
+class PayloadTooLarge(BadRequest):
+    """A body or a list longer than the plugin accepts (Transfers.MaxJsonBodySize, MaxTransferInstances)."""
+    status = 413
+    orthanc_code = 3
+
+
 class ParameterOutOfRange(BadRequest):
     orthanc_code = 3
 
@@ -126,3 +134,16 @@ class CorruptedFile(TransfersError):
 class NetworkProtocol(TransfersError):
     status = 500
     orthanc_code = 9
+
+
+class DiskError(TransfersError):
+    """The download area cannot be written or read (full, read-only, not allowed, failing): the message says
+    so in words and names the folder; the operating system's own text is kept for the log."""
+    status = 500
+    orthanc_code = 14
+    retryable = False  # asking the peer again changes nothing of our disk
+
+
+class InsufficientStorage(DiskError):
+    """The download area's disk is full, or has less free space than a transfer needs."""
+    status = 507

@@ -5,12 +5,13 @@ that has not answered within ``PeerConnectivityTimeout`` is ``disabled``, and no
 the result of another.
 """
 
-import json
 import threading
 import time
 from typing import Callable, Dict, Mapping
 
 from .config import PeerConfig
+from .errors import BadRequest
+from .protocol import parse_json_body
 
 INSTALLED = "installed"
 BIDIRECTIONAL = "bidirectional"
@@ -24,8 +25,8 @@ def has_transfers_plugin(status: int, body: bytes) -> bool:
     if status != 200:
         return False
     try:
-        plugins = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        plugins = parse_json_body(body, "answer to GET /plugins")
+    except BadRequest:
         return False
     return isinstance(plugins, list) and PLUGIN_NAME in plugins
 

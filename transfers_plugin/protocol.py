@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import BadFileFormat, BadJson, BadParameterType, BadRequest, ParameterOutOfRange
+from .errors import BadFileFormat, BadJson, BadParameterType, BadRequest, ParameterOutOfRange, PayloadTooLarge
 
 KB = 1024
 MB = 1024 * 1024
@@ -34,30 +34,123 @@ _LEVELS = {
     "images": LEVEL_INSTANCE,
 }
 
-_DECIMAL = re.compile(r"[0-9]+")
-_INSTANCE_ID = re.compile(r"[0-9a-f-]+")
+_DECIMAL = re.compile(r"[0-9]{1,20}")  # 20 digits hold any 64-bit value
+# Orthanc's identifiers of patients, studies, series and instances: a SHA-1 in five groups of 8 hex digits.
+ORTHANC_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
+# The IDs this plugin and the C++ plugin generate (push transactions, jobs): lowercase random UUIDs.
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
+# An ID that a peer generated (its push transaction, its job) and that goes into a URL path at that peer:
+# one path segment of letters, digits, '-' and '_' (UUIDs in practice).
+PEER_ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
 # The largest offset or size we accept; C++ servers stop at 2**31 - 1, we go up to 64 bits.
 MAX_UINT64 = 2**64 - 1
 
+# JSON bodies are checked before they are parsed: Python's parser recurses once per level of nesting, and
+# on the small C stack of an Orthanc HTTP thread about 550 levels crash the whole process. Our documents
+# are 4 levels deep; each pass of check_json_shape removes at least one level.
+MAX_JSON_DEPTH = 32
+# A string, or what is left of the body after an unterminated one: the match never fails once started, so
+# the scan stays linear whatever the quotes and backslashes.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
-def parse_json_body(body: bytes, what: str = "request body") -> Any:
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what a request or a peer's answer may make the plugin hold (README, Guarantees and limits)."""
+
+    max_json_bytes: int = 64 * MB  # Transfers.MaxJsonBodySize, in MB
+    max_instances: int = 100_000  # Transfers.MaxTransferInstances: instances, buckets, resources of a transfer
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value from a client or a peer as it may appear in a message or a log: JSON, cut to ``limit``."""
+    text = json.dumps(value, default=repr, ensure_ascii=True)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_json_shape(body: bytes, what: str, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuses, without parsing it, a document nested deeper than ``2 * max_depth`` levels or whose brackets
+    do not match: the strings are taken out, then the innermost pairs of brackets, level after level."""
+    skeleton = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    if re.search(rb"[\[{]{%d}" % (2 * max_depth + 1), skeleton):  # the usual attack, found in one scan
+        raise BadJson(f"The {what} is nested too deeply: at most {max_depth} levels of arrays and objects "
+                      f"are accepted")
+    for _ in range(max_depth):
+        if not skeleton:
+            return
+        reduced = skeleton.replace(b"[]", b"").replace(b"{}", b"")
+        if reduced == skeleton:
+            raise BadJson(f"The {what} is not valid JSON: its brackets do not match")
+        skeleton = reduced
+    if skeleton:
+        raise BadJson(f"The {what} is nested too deeply: at most {max_depth} levels of arrays and objects "
+                      f"are accepted")
+
+
+def parse_json_body(body: bytes, what: str = "request body", limits: Limits = DEFAULT_LIMITS) -> Any:
+    """A JSON document from a client or a peer: its size and nesting are checked before it is parsed."""
+    if isinstance(body, str):
+        body = body.encode("utf-8", "surrogatepass")
+    if len(body) > limits.max_json_bytes:
+        raise PayloadTooLarge(f"The {what} has {len(body)} bytes, more than the {limits.max_json_bytes // MB} MB "
+                              f"accepted (Transfers.MaxJsonBodySize)")
+    check_json_shape(body, what)
     try:
-        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
-        return json.loads(text)
-    except (UnicodeDecodeError, ValueError) as e:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BadJson(f"The {what} is not valid JSON: {e}") from None
 
 
 def parse_decimal(value: Any, what: str, maximum: int = MAX_UINT64) -> int:
     """An unsigned decimal integer written as a JSON string (or a query argument)."""
     if not isinstance(value, str):
-        raise BadFileFormat(f"{what} must be a string holding a decimal integer, not {json.dumps(value, default=repr)}")
+        raise BadFileFormat(f"{what} must be a string holding a decimal integer, not {shown(value)}")
     if not _DECIMAL.fullmatch(value):
-        raise BadFileFormat(f"{what} must be an unsigned decimal integer, not {json.dumps(value)}")
+        if value.isascii() and value.isdigit():
+            raise ParameterOutOfRange(f"{what} is too large: {shown(value)}")
+        raise BadFileFormat(f"{what} must be an unsigned decimal integer, not {shown(value)}")
     n = int(value)
     if n > maximum:
         raise ParameterOutOfRange(f"{what} is too large: {value}")
     return n
+
+
+def check_orthanc_id(value: Any, what: str) -> str:
+    """An Orthanc identifier (``xxxxxxxx-xxxxxxxx-xxxxxxxx-xxxxxxxx-xxxxxxxx``), before it names a file,
+    goes into a URL or a log."""
+    if not isinstance(value, str) or not ORTHANC_ID.fullmatch(value):
+        raise BadFileFormat(f"{what} must be an Orthanc identifier (5 groups of 8 lowercase hexadecimal "
+                            f"digits joined by dashes), not {shown(value)}")
+    return value
+
+
+def check_uuid(value: Any, what: str) -> str:
+    """An ID generated by a transfers plugin (a push transaction, a job): a lowercase UUID."""
+    if not isinstance(value, str) or not UUID.fullmatch(value):
+        raise BadRequest(f"{what} must be a UUID (8-4-4-4-12 lowercase hexadecimal digits), not {shown(value)}")
+    return value
+
+
+def check_token(value: str, what: str, ascii_only: bool = False, limit: int = 256) -> str:
+    """A name or ID given by a client (a peer's name, an Originator, a SenderTransferID): 1 to ``limit``
+    printable characters (ASCII for what is sent again as an HTTP header), as it is compared and logged."""
+    if not value or len(value) > limit or not value.isprintable() or (ascii_only and not value.isascii()):
+        kind = "printable ASCII" if ascii_only else "printable"
+        raise BadFileFormat(f"{what} must be 1 to {limit} {kind} characters, not {shown(value)}")
+    return value
+
+
+def check_count(n: int, what: str, limits: Limits) -> None:
+    if n > limits.max_instances:
+        raise PayloadTooLarge(f"Too many {what}: {n}, more than the {limits.max_instances} accepted in one "
+                              f"transfer (Transfers.MaxTransferInstances); split the transfer")
 
 
 def parse_compression(value: Any, what: str = "Compression") -> str:
@@ -65,7 +158,7 @@ def parse_compression(value: Any, what: str = "Compression") -> str:
         raise BadFileFormat(f"{what} must be a string, one of {', '.join(COMPRESSIONS)}")
     if value not in COMPRESSIONS:
         raise ParameterOutOfRange(
-            f"Unknown {what} {json.dumps(value)}: expected one of {', '.join(COMPRESSIONS)}")
+            f"Unknown {what} {shown(value)}: expected one of {', '.join(COMPRESSIONS)}")
     return value
 
 
@@ -75,16 +168,16 @@ def parse_level(value: Any) -> str:
     level = _LEVELS.get(value.lower())
     if level is None:
         raise ParameterOutOfRange(
-            f"Unknown resource level {json.dumps(value)}: expected Patient, Study, Series or Instance")
+            f"Unknown resource level {shown(value)}: expected Patient, Study, Series or Instance")
     return level
 
 
 def _require(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     if key not in obj:
-        raise BadFileFormat(f"{where}: missing key {json.dumps(key)}")
+        raise BadFileFormat(f"{where}: missing key {shown(key)}")
     value = obj[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BadFileFormat(f"{where}: {json.dumps(key)} must be a {_type_name(kind)}")
+        raise BadFileFormat(f"{where}: {shown(key)} must be a {_type_name(kind)}")
     return value
 
 
@@ -116,9 +209,10 @@ class Resource:
         return out
 
 
-def parse_resources(value: Any) -> List[Resource]:
+def parse_resources(value: Any, limits: Limits = DEFAULT_LIMITS) -> List[Resource]:
     if not isinstance(value, list):
         raise BadFileFormat("Resources must be a JSON array of {\"Level\", \"ID\"} objects")
+    check_count(len(value), "resources", limits)
     return [Resource.from_json(item, f"Resources[{i}]") for i, item in enumerate(value)]
 
 
@@ -132,11 +226,18 @@ class InstanceInfo:
 
     @classmethod
     def from_json(cls, item: Any, where: str = "instance") -> "InstanceInfo":
+        if type(item) is dict:  # the usual case, checked quickly: a descriptor may list 100,000 instances
+            iid, size, md5 = item.get("ID"), item.get("Size"), item.get("MD5")
+            if type(iid) is str and type(size) is str and type(md5) is str and ORTHANC_ID.fullmatch(iid) \
+                    and _DECIMAL.fullmatch(size) and MD5_HEX.fullmatch(md5) and int(size) <= MAX_UINT64:
+                return cls(iid, int(size), md5)
         if not isinstance(item, dict):
             raise BadFileFormat(f"{where} must be a JSON object with ID, Size and MD5")
-        iid = _require(item, "ID", str, where)
+        iid = check_orthanc_id(_require(item, "ID", str, where), f"{where}.ID")
         size = parse_decimal(_require(item, "Size", str, where), f"{where}.Size")
         md5 = _require(item, "MD5", str, where)
+        if not MD5_HEX.fullmatch(md5):
+            raise BadFileFormat(f"{where}.MD5 must have 32 hexadecimal digits, not {shown(md5)}")
         return cls(iid, size, md5)
 
     def to_json(self) -> Dict[str, str]:
@@ -155,7 +256,7 @@ class Chunk:
     def from_json(cls, item: Any, where: str = "chunk") -> "Chunk":
         if not isinstance(item, dict):
             raise BadFileFormat(f"{where} must be a JSON object with ID, Offset and Size")
-        return cls(_require(item, "ID", str, where),
+        return cls(check_orthanc_id(_require(item, "ID", str, where), f"{where}.ID"),
                    parse_decimal(_require(item, "Offset", str, where), f"{where}.Offset"),
                    parse_decimal(_require(item, "Size", str, where), f"{where}.Size"))
 
@@ -187,8 +288,8 @@ def parse_instance_ids(joined: str) -> List[str]:
     """The ``{ids}`` part of ``/transfers/chunks/{ids}``: instance IDs joined with dots."""
     ids = joined.split(".")
     for i in ids:
-        if not i or not _INSTANCE_ID.fullmatch(i):
-            raise BadRequest(f"Bad list of instance IDs in the chunks URL: {json.dumps(joined)}")
+        if not ORTHANC_ID.fullmatch(i):
+            raise BadRequest(f"Bad list of instance IDs in the chunks URL: {shown(joined)}")
     return ids
 
 
@@ -209,7 +310,7 @@ class ChunkRequest:
         compression = args.get("compression", "none")
         if compression not in COMPRESSIONS:
             raise ParameterOutOfRange(
-                f"Unknown compression {json.dumps(compression)}: expected one of {', '.join(COMPRESSIONS)}")
+                f"Unknown compression {shown(compression)}: expected one of {', '.join(COMPRESSIONS)}")
         return cls(ids, offset, size, compression)
 
 
@@ -219,7 +320,7 @@ def _query_uint(args: Mapping[str, str], name: str) -> int:
         return 0
     if not _DECIMAL.fullmatch(value) or int(value) > MAX_UINT64:
         raise BadParameterType(
-            f"GET argument {name!r} must be an unsigned decimal integer, not {json.dumps(value)}")
+            f"GET argument {name!r} must be an unsigned decimal integer below 2^64, not {shown(value)}")
     return int(value)
 
 
@@ -258,18 +359,23 @@ class TransferQuery:
     sender_transfer_id: Optional[str] = None
 
     @classmethod
-    def from_json(cls, value: Any) -> "TransferQuery":
+    def from_json(cls, value: Any, limits: Limits = DEFAULT_LIMITS) -> "TransferQuery":
         where = "transfer query"
         if not isinstance(value, dict):
             raise BadFileFormat("The transfer query must be a JSON object with Resources, Peer and Compression")
-        resources = tuple(parse_resources(_require(value, "Resources", list, where)))
-        peer = _require(value, "Peer", str, where)
+        resources = tuple(parse_resources(_require(value, "Resources", list, where), limits))
+        peer = check_token(_require(value, "Peer", str, where), f"{where}: Peer")
         compression = parse_compression(_require(value, "Compression", str, where))
         priority = 0
         if "Priority" in value:
             priority = _require(value, "Priority", int, where)
-        originator = _require(value, "Originator", str, where) if "Originator" in value else None
-        stid = _require(value, "SenderTransferID", str, where) if "SenderTransferID" in value else None
+            if not -2**31 <= priority < 2**31:
+                raise ParameterOutOfRange(f"{where}: Priority must be a 32-bit integer, not {shown(priority)}")
+        originator = check_token(_require(value, "Originator", str, where), f"{where}: Originator") \
+            if "Originator" in value else None
+        stid = check_token(_require(value, "SenderTransferID", str, where), f"{where}: SenderTransferID",
+                           ascii_only=True) \
+            if "SenderTransferID" in value else None
         return cls(resources, peer, compression, priority, originator, stid)
 
     def to_json(self) -> Dict[str, Any]:
@@ -295,15 +401,25 @@ class PushDescriptor:
     compression: str
 
     @classmethod
-    def from_json(cls, value: Any) -> "PushDescriptor":
+    def from_json(cls, value: Any, limits: Limits = DEFAULT_LIMITS) -> "PushDescriptor":
+        """The descriptor, its counts bounded by ``limits`` before its items are parsed: at most
+        ``max_instances`` instances and as many buckets, and no more chunks than instances and buckets
+        together (what any plan of whole and split instances needs)."""
         where = "push descriptor"
         if not isinstance(value, dict):
             raise BadFileFormat("The push descriptor must be a JSON object with Instances, Buckets, Compression")
-        instances = tuple(InstanceInfo.from_json(x, f"Instances[{i}]")
-                          for i, x in enumerate(_require(value, "Instances", list, where)))
-        buckets = tuple(Bucket.from_json(b, f"Buckets[{i}]")
-                        for i, b in enumerate(_require(value, "Buckets", list, where)))
         compression = parse_compression(_require(value, "Compression", str, where))
+        raw_instances = _require(value, "Instances", list, where)
+        raw_buckets = _require(value, "Buckets", list, where)
+        check_count(len(raw_instances), "instances in the push descriptor", limits)
+        check_count(len(raw_buckets), "buckets in the push descriptor", limits)
+        chunks = sum(len(b) if isinstance(b, list) else 0 for b in raw_buckets)
+        if chunks > len(raw_instances) + len(raw_buckets):
+            raise BadFileFormat(f"The push descriptor has {chunks} chunks for {len(raw_instances)} instances in "
+                                f"{len(raw_buckets)} buckets: a plan needs at most one chunk per instance and "
+                                f"one more per bucket")
+        instances = tuple(InstanceInfo.from_json(x, f"Instances[{i}]") for i, x in enumerate(raw_instances))
+        buckets = tuple(Bucket.from_json(b, f"Buckets[{i}]") for i, b in enumerate(raw_buckets))
         return cls(instances, buckets, compression)
 
     def to_json(self) -> Dict[str, Any]:

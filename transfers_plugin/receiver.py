@@ -12,7 +12,6 @@ Compared with the C++ receiver (protocol.md 7), on the same wire:
   a journal while it runs and rolled back at the next start.
 """
 
-import re
 import threading
 import time
 import uuid
@@ -21,24 +20,28 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import codec as codecs
-from .download_area import DownloadArea
+from .commitment import CommitmentError
+from .download_area import DownloadArea, free_space
 from .errors import (
     BadFileFormat,
     BadRequest,
     Conflict,
+    CorruptedFile,
+    DiskError,
+    InsufficientStorage,
     NotFound,
     OrthancUnavailable,
     ParameterOutOfRange,
-    TransfersError,
     Unavailable,
 )
 from .importer import import_instances, rollback
 from .journal import CommitJournal, created_since, last_change
-from .protocol import PushDescriptor
+from .protocol import MB, MD5_HEX, PushDescriptor
 
-_MD5 = re.compile(r"[0-9a-fA-F]{32}")
 IDLE_EVICTION = 30.0  # seconds without a bucket after which a transaction may give its place
 REMEMBERED_COMMITS = 1000
+FOLDER_PREFIX = "push-"  # a transaction's folder in the download area: push-<transaction ID>
+
 
 
 def validate_descriptor(descriptor: PushDescriptor) -> None:
@@ -48,7 +51,7 @@ def validate_descriptor(descriptor: PushDescriptor) -> None:
     for info in descriptor.instances:
         if info.id in sizes:
             raise BadFileFormat(f"Instance {info.id} is listed twice in the push descriptor")
-        if not _MD5.fullmatch(info.md5):
+        if not MD5_HEX.fullmatch(info.md5):
             raise BadFileFormat(f"Instance {info.id}: MD5 must have 32 hexadecimal digits, not {info.md5!r}")
         sizes[info.id] = info.size
     ranges: Dict[str, List[tuple]] = {i: [] for i in sizes}
@@ -82,6 +85,8 @@ class Transaction:
         self.created = now
         self.last_used = now
         self.received: Set[int] = set()
+        self.total = sum(i.size for i in descriptor.instances)
+        self.written = 0  # bytes of the received buckets
         self.writers = 0  # PUTs writing right now
         self.committing = False
         self.closed = False  # discarded, evicted or committed: nothing more is written
@@ -91,11 +96,13 @@ class Transaction:
 class PushReceiver:
     def __init__(self, max_transactions: int, download_root: Path, store: Any, commit_threads: int = 1,
                  idle_timeout: float = 3600.0, log_warning: Callable[[str], None] = lambda m: None,
-                 clock: Callable[[], float] = time.monotonic, journal: Optional[CommitJournal] = None):
+                 clock: Callable[[], float] = time.monotonic, journal: Optional[CommitJournal] = None,
+                 free_space: Callable[[Path], int] = free_space):
         """``journal`` (with ``store.core_get_json``) records each commit while it runs, so that one a crash
         interrupts is rolled back at the next start (:meth:`recover`): transactions do not survive a
         restart, and their sender cannot finish them."""
         self.journal = journal
+        self.free_space = free_space
         self.max_transactions = max_transactions
         self.download_root = Path(download_root)
         self.store = store
@@ -137,10 +144,31 @@ class PushReceiver:
             expired.append(t.id)
         return expired
 
+    def owns(self, folder_name: str) -> bool:
+        """Whether a folder of the download area belongs to a transaction of this run."""
+        with self._lock:
+            return folder_name.startswith(FOLDER_PREFIX) and folder_name[len(FOLDER_PREFIX):] in self._transactions
+
+    def _check_room(self, needed: int) -> None:
+        """Refuses a transaction the download area cannot hold: 507 if it does not fit in the free space at
+        all, 503 (ask again later) if it fits only once the transactions in progress are done."""
+        free = self.free_space(self.download_root)
+        with self._lock:
+            promised = sum(max(0, t.total - t.written) for t in self._transactions.values())
+        if needed > free:
+            raise InsufficientStorage(f"The download area {self.download_root} has {free // MB} MB free, and this "
+                                      f"push needs {(needed + MB - 1) // MB} MB: free some space on its disk, or "
+                                      f"set Transfers.DownloadArea to a folder on a larger one")
+        if needed + promised > free:
+            raise Unavailable(f"The download area {self.download_root} has {free // MB} MB free, of which "
+                              f"{promised // MB} MB are promised to the push transactions in progress; this push "
+                              f"needs {(needed + MB - 1) // MB} MB: try again later")
+
     def create(self, descriptor: PushDescriptor) -> str:
         validate_descriptor(descriptor)
         codecs.get_codec(descriptor.compression)
         self.expire_idle()
+        self._check_room(sum(i.size for i in descriptor.instances))
         now = self.clock()
         with self._lock:
             evict = None
@@ -154,7 +182,7 @@ class PushReceiver:
                 self._transactions.pop(evict.id)
                 self.aborted_count += 1
             tid = str(uuid.uuid4())
-            area = DownloadArea(self.download_root / f"push-{tid}", descriptor.instances)
+            area = DownloadArea(self.download_root / f"{FOLDER_PREFIX}{tid}", descriptor.instances)
             t = Transaction(tid, descriptor, area, now)
             self._transactions[tid] = t
             self.created_count += 1
@@ -163,10 +191,9 @@ class PushReceiver:
             self._discard(evict)
         try:
             area.prepare()
-        except OSError as e:
+        except DiskError:
             self._discard(t)
-            raise TransfersError(f"Cannot create the download area of the push transaction: {e}",
-                                 orthanc_code=14) from None
+            raise
         return tid
 
     def _discard(self, t: Transaction) -> None:
@@ -177,7 +204,13 @@ class PushReceiver:
         with self._lock:
             if self._transactions.get(t.id) is t:
                 del self._transactions[t.id]
-        t.area.remove()
+        self._remove_files(t)
+
+    def _remove_files(self, t: Transaction) -> None:
+        try:
+            t.area.remove()
+        except DiskError as e:
+            self.log_warning(f"Transfers: the files of push transaction {t.id} could not all be deleted: {e}")
 
     # -- operations ----------------------------------------------------------------------------------
 
@@ -196,13 +229,30 @@ class PushReceiver:
         try:
             t.area.write_bucket(bucket, payload)
             written = True
+        except DiskError as e:
+            failed = e
+        else:
+            failed = None
         finally:
             with t.lock:
                 t.writers -= 1
                 if written:
+                    if index not in t.received:
+                        t.written += bucket.total_size
                     t.received.add(index)
                     t.last_used = self.clock()
                 t.lock.notify_all()
+        if failed is not None:
+            # The transaction cannot be completed: its files go at once (a full disk is freed for the
+            # others), and its sender is told why; what it sends next is refused as unknown.
+            with t.lock:
+                first, t.closed = not t.closed, True
+            if first:
+                self.log_warning(f"Transfers: push transaction {tid} is discarded: {failed.message}")
+                self._discard(t)
+                with self._lock:
+                    self.aborted_count += 1
+            raise failed
 
     def commit(self, tid: str) -> None:
         with self._lock:
@@ -225,7 +275,10 @@ class PushReceiver:
             if missing:
                 raise BadRequest(f"Push transaction {tid}: {len(missing)} bucket(s) never arrived, e.g. {missing[0]}")
             for info in t.descriptor.instances:
-                t.area.verify(info.id)
+                try:
+                    t.area.verify(info.id)
+                except CommitmentError as e:  # what the sender sent is not what it announced: its error
+                    raise CorruptedFile(e.message, status=400) from None
             if self.journal is not None:
                 self.journal.begin(tid, last_change(self.store.core_get_json),
                                    [i.id for i in t.descriptor.instances])
@@ -253,7 +306,7 @@ class PushReceiver:
             t.lock.notify_all()
         with self._lock:
             self._transactions.pop(tid, None)
-        t.area.remove()
+        self._remove_files(t)
 
     def _end_journal(self, tid: str) -> None:
         if self.journal is not None:

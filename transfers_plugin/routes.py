@@ -11,16 +11,19 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
-from .errors import MethodNotAllowed, TransfersError
+from .errors import MethodNotAllowed, ParameterOutOfRange, TransfersError
 from .protocol import (
     ChunkRequest,
+    Limits,
     PushDescriptor,
     TransferQuery,
+    check_uuid,
     dumps_compact,
     dumps_styled,
     lookup_answer,
     parse_json_body,
     parse_resources,
+    shown,
 )
 
 JSON_TYPE = "application/json"
@@ -58,9 +61,11 @@ class Route:
 
 
 class Router:
-    def __init__(self, log_error: Callable[[str], None] = lambda m: None):
+    def __init__(self, log_error: Callable[[str], None] = lambda m: None,
+                 log_debug: Callable[[str], None] = lambda m: None):
         self.routes: List[Route] = []
         self.log_error = log_error
+        self.log_debug = log_debug
 
     def add(self, pattern: str, **methods: Handler) -> None:
         self.routes.append(Route(pattern, {m.upper(): h for m, h in methods.items()}))
@@ -74,8 +79,11 @@ class Router:
         except TransfersError as e:
             return error_response(e, request)
         except Exception as e:  # noqa: BLE001 - the answer must stay JSON, the traceback goes to the log
-            self.log_error(f"Transfers: {request.method} {request.uri} failed: {e}\n{traceback.format_exc()}")
-            return error_response(TransfersError(f"Internal error in the transfers plugin: {e}"), request)
+            uri = shown(request.uri)
+            self.log_error(f"Transfers: {request.method} {uri} failed with an internal error: {type(e).__name__}: {e}")
+            self.log_debug(f"Transfers: {request.method} {uri}: {traceback.format_exc()}")
+            return error_response(TransfersError(f"Internal error in the transfers plugin ({type(e).__name__}); "
+                                                 f"the Orthanc log says more"), request)
 
     def dispatch(self, request: Request) -> Response:
         """Finds the route of a URI (for tests and for callers outside Orthanc)."""
@@ -109,8 +117,9 @@ def build_source_routes(router: Router, app: Any) -> None:
         return Response(200, codec.encode(data), codec.content_type)
 
     def lookup(request: Request) -> Response:
-        resources = parse_resources(parse_json_body(request.body, "lookup body"))
-        instances = app.source.lookup(resources)
+        limits = app.config.limits
+        resources = parse_resources(parse_json_body(request.body, "lookup body", limits), limits)
+        instances = app.source.lookup(resources, limits)
         return Response.json(lookup_answer(instances, app.originator), styled=False)
 
     def peers(request: Request) -> Response:
@@ -136,38 +145,48 @@ def build_source_routes(router: Router, app: Any) -> None:
 def build_transfer_routes(router: Router, app: Any) -> None:
     """``POST /transfers/pull`` and ``/transfers/send``: check the query and the peer, then answer at once."""
 
+    def query_of(request: Request) -> TransferQuery:
+        limits = app.config.limits
+        return TransferQuery.from_json(parse_json_body(request.body, "transfer query", limits), limits)
+
     def pull(request: Request) -> Response:
-        query = TransferQuery.from_json(parse_json_body(request.body, "transfer query"))
+        query = query_of(request)
         job = app.submit_pull(query)
         return Response.json({"ID": job.id, "Path": f"/jobs/{job.id}"})
 
     def send(request: Request) -> Response:
-        query = TransferQuery.from_json(parse_json_body(request.body, "transfer query"))
+        query = query_of(request)
         return Response.json(app.send(query))
 
     router.add(r"/transfers/pull", POST=pull)
     router.add(r"/transfers/send", POST=send)
 
 
-def build_push_routes(router: Router, receiver: Any) -> None:
-    """The receiving side of push mode (protocol.md R6 to R9)."""
+def build_push_routes(router: Router, receiver: Any, limits: Limits) -> None:
+    """The receiving side of push mode (protocol.md R6 to R9). Transaction IDs and bucket indices are
+    checked here, before they reach the receiver."""
 
     def create(request: Request) -> Response:
-        descriptor = PushDescriptor.from_json(parse_json_body(request.body, "push descriptor"))
+        descriptor = PushDescriptor.from_json(parse_json_body(request.body, "push descriptor", limits), limits)
         tid = receiver.create(descriptor)
         return Response.json({"ID": tid, "Path": f"/transfers/push/{tid}"})
 
+    def transaction(request: Request) -> str:
+        return check_uuid(request.groups[0], "The push transaction ID")
+
     def put(request: Request) -> Response:
-        tid, index = request.groups
+        tid, index = transaction(request), request.groups[1]
+        if len(index) > 20:  # more digits than any 64-bit number (and int() refuses more than 4300)
+            raise ParameterOutOfRange(f"Bucket index {shown(index)} is out of range")
         receiver.put(tid, int(index), request.body)
         return Response(200, b"{}", JSON_TYPE)
 
     def commit(request: Request) -> Response:
-        receiver.commit(request.groups[0])
+        receiver.commit(transaction(request))
         return Response(200, b"{}", JSON_TYPE)
 
     def discard(request: Request) -> Response:
-        receiver.discard(request.groups[0])
+        receiver.discard(transaction(request))
         return Response(200, b"{}", JSON_TYPE)
 
     router.add(r"/transfers/push", POST=create)

@@ -10,11 +10,14 @@ from typing import Iterable, List, Optional, Protocol, Sequence, Tuple
 from .cache import CachedInstance, InstanceCache
 from .errors import CorruptedFile, ParameterOutOfRange
 from .protocol import (
+    DEFAULT_LIMITS,
     LEVEL_INSTANCE,
     Bucket,
     ChunkRequest,
     InstanceInfo,
+    Limits,
     Resource,
+    check_count,
 )
 
 
@@ -57,8 +60,12 @@ class Source:
             return InstanceInfo(instance_id, entry.size, entry.md5)
         return InstanceInfo(instance_id, size, md5)
 
-    def lookup(self, resources: Iterable[Resource]) -> List[InstanceInfo]:
-        return [self.instance_info(i) for i in self.expand(resources)]
+    def lookup(self, resources: Iterable[Resource], limits: Limits = DEFAULT_LIMITS) -> List[InstanceInfo]:
+        """The instances of the resources with their sizes and MD5s; refused beyond ``limits.max_instances``
+        (before any attachment record is read)."""
+        ids = self.expand(resources)
+        check_count(len(ids), "instances in the requested resources", limits)
+        return [self.instance_info(i) for i in ids]
 
     # -- chunks --------------------------------------------------------------------------------------
 

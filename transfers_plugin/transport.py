@@ -3,14 +3,15 @@
 One ``requests.Session`` per thread and peer keeps connections alive between requests.
 """
 
-import json
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from .config import PeerConfig, TransfersConfig
-from .errors import NetworkProtocol, TransfersError
+from .errors import BadRequest, NetworkProtocol, TransfersError
+from .protocol import MB, Limits, parse_json_body
 
 # Statuses worth another attempt; any other non-200 answer will not change by asking again.
 RETRYABLE_STATUSES = {408, 429, 500, 502, 503, 504}
@@ -34,6 +35,36 @@ class HttpAnswer:
     headers: Mapping[str, str]
     content: bytes
     cookies: Tuple[str, ...] = ()  # "name=value" of each Set-Cookie header, in order
+    document: Any = None  # the JSON body, parsed within the limits, when the caller expects JSON
+
+
+ERROR_BODY_LIMIT = 1 * MB  # what is read of a peer's error answer
+
+
+def read_body(response: Any, limit: int, peer: PeerConfig, what: str) -> bytes:
+    """The body of a streamed answer, refused beyond ``limit`` bytes (a peer cannot make us hold more)."""
+    length = response.headers.get("Content-Length")
+    if length is not None and str(length).isdigit() and int(length) > limit:
+        response.close()
+        raise PeerError(f"Peer {peer.name!r} ({peer.url}) answered {what} with {int(length)} bytes, more than "
+                        f"the {limit // MB} MB accepted (Transfers.MaxJsonBodySize)", retryable=False)
+    parts, size = [], 0
+    for piece in response.iter_content(256 * 1024):
+        size += len(piece)
+        if size > limit:
+            response.close()
+            raise PeerError(f"Peer {peer.name!r} ({peer.url}) answered {what} with more than the "
+                            f"{limit // MB} MB accepted (Transfers.MaxJsonBodySize)", retryable=False)
+        parts.append(piece)
+    return b"".join(parts)
+
+
+def parse_peer_json(peer: PeerConfig, body: bytes, what: str, limits: Limits) -> Any:
+    """A JSON document from a peer, bounded as a client's; a bad one is the peer's protocol error."""
+    try:
+        return parse_json_body(body, what, limits)
+    except BadRequest as e:
+        raise PeerError(f"Peer {peer.name!r} ({peer.url}) gave a bad {what}: {e.message}") from None
 
 
 def set_cookies(raw_headers: Any) -> Tuple[str, ...]:
@@ -99,10 +130,16 @@ class PeerTransport:
     def request(self, peer: PeerConfig, method: str, uri: str, *, body: Any = None,
                 headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None) -> HttpAnswer:
         """One HTTP request; network failures raise ``requests`` exceptions for the caller to handle.
-        ``body`` may be a function giving a fresh body for each attempt."""
-        r = self._send(peer, method, uri, body, headers, timeout)
+        ``body`` may be a function giving a fresh body for each attempt. The answer's body is read up to
+        ``Transfers.MaxJsonBodySize`` (1 MB for an error), and refused beyond (a ``PeerError``)."""
+        r = self._send(peer, method, uri, body, headers, timeout, stream=True)
+        try:
+            limit = self.config.limits.max_json_bytes if r.status_code == 200 else ERROR_BODY_LIMIT
+            content = read_body(r, limit, peer, f"{method} {uri}")
+        finally:
+            r.close()
         raw_headers = getattr(getattr(r, "raw", None), "headers", None)
-        return HttpAnswer(r.status_code, r.headers, r.content, set_cookies(raw_headers))
+        return HttpAnswer(r.status_code, r.headers, content, set_cookies(raw_headers))
 
     def stream(self, peer: PeerConfig, uri: str, *, headers: Optional[Mapping[str, str]] = None,
                timeout: Optional[float] = None):
@@ -111,19 +148,33 @@ class PeerTransport:
 
     def call(self, peer: PeerConfig, method: str, uri: str, *, body: Any = None,
              headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
-             retries: Optional[int] = None, stop_event: Any = None, expect_json: bool = False) -> HttpAnswer:
+             retries: Optional[int] = None, stop_event: Any = None, expect_json: bool = False,
+             abandon_on_stop: bool = False) -> HttpAnswer:
         """A request that must answer 200, tried up to ``1 + retries`` times with a growing delay between
         attempts (1, 2, 4... seconds, at most 10); a set ``stop_event`` ends the waiting at once.
-        ``body`` may be a function giving a fresh body for each attempt (a stoppable upload)."""
+        ``body`` may be a function giving a fresh body for each attempt (a stoppable upload). With
+        ``abandon_on_stop``, a set ``stop_event`` also ends the wait for an answer (a peer that stalls): the
+        request goes on in a thread of its own, and its answer is dropped."""
         if retries is None:
             retries = self.config.max_http_retries
         error: Optional[PeerError] = None
         for attempt in range(retries + 1):
             try:
-                answer = self.request(peer, method, uri, body=body, headers=headers, timeout=timeout)
-                error = check_answer(peer, method, uri, answer, expect_json)
+                if abandon_on_stop and stop_event is not None:
+                    answer = until_stopped(lambda: self.request(peer, method, uri, body=body, headers=headers,
+                                                                timeout=timeout), stop_event,
+                                           f"{method} {uri} to peer {peer.name!r}")
+                else:
+                    answer = self.request(peer, method, uri, body=body, headers=headers, timeout=timeout)
+                error = check_answer(peer, method, uri, answer)
+                if error is None and expect_json:
+                    document = parse_peer_json(peer, answer.content, f"answer to {method} {uri}",
+                                               self.config.limits)
+                    return dataclasses.replace(answer, document=document)
                 if error is None:
                     return answer
+            except PeerError as e:
+                error = e
             except self._requests.RequestException as e:
                 error = PeerError(describe_network_error(peer, e))
             if not error.retryable or attempt == retries:
@@ -143,21 +194,57 @@ class PeerTransport:
         self._local.sessions = {}
 
 
-def check_answer(peer: PeerConfig, method: str, uri: str, answer: HttpAnswer, expect_json: bool) -> Optional[PeerError]:
+def until_stopped(fn: Callable[[], Any], stop_event: Any, what: str, poll: float = 0.1) -> Any:
+    """``fn()``, run in a daemon thread while the caller waits for it or for ``stop_event``, whichever comes
+    first; when the stop comes first, raises a ``PeerError`` and leaves ``fn`` to end on its own (a blocked
+    read ends at its timeout) with its result unused."""
+    box: Dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="transfers-request").start()
+    while not done.wait(poll):
+        if stop_event.is_set():
+            raise PeerError(f"{what} was abandoned: the job was asked to stop", retryable=False)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def check_answer(peer: PeerConfig, method: str, uri: str, answer: HttpAnswer) -> Optional[PeerError]:
+    """None for a 200 answer; otherwise the error, with what the peer said about it (the ``Message`` of an
+    Orthanc error body, or the start of its text)."""
     if answer.status == 200:
-        if expect_json:
-            try:
-                json.loads(answer.content)
-            except (ValueError, UnicodeDecodeError):
-                return PeerError(f"Peer {peer.name!r} answered {method} {uri} with a body that is not JSON")
         return None
     if answer.status in (401, 403):
         return PeerError(f"Peer {peer.name!r} ({peer.url}) refused our credentials: HTTP {answer.status} "
                          f"to {method} {uri}", answer.status, retryable=False)
-    snippet = answer.content[:200].decode("utf-8", "replace").strip()
+    said = error_text(answer.content)
     return PeerError(f"Peer {peer.name!r} ({peer.url}) answered HTTP {answer.status} to {method} {uri}"
-                     + (f": {snippet}" if snippet else ""), answer.status,
+                     + (f": {said}" if said else ""), answer.status,
                      retryable=answer.status in RETRYABLE_STATUSES)
+
+
+def error_text(body: bytes, limit: int = 300) -> str:
+    """What an error answer says, in one printable line of at most ``limit`` characters."""
+    text = ""
+    try:
+        document = parse_json_body(body[:ERROR_BODY_LIMIT], "error answer")
+        if isinstance(document, dict) and isinstance(document.get("Message"), str):
+            text = document["Message"]
+    except BadRequest:
+        pass
+    if not text:
+        text = body[:limit + 1].decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else " " for c in text).strip()
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def is_stale_connection(e: BaseException) -> bool:
@@ -187,17 +274,43 @@ def as_transfer_error(peer: PeerConfig, e: Exception) -> Exception:
     return e
 
 
-def describe_network_error(peer: PeerConfig, e: Exception) -> str:
+# Signs in the text of a network exception (requests wraps urllib3, which wraps the socket's error), first
+# match wins, and what each says of the peer, in words for an administrator.
+_NETWORK_REASONS = (
+    (("Read timed out", "ReadTimeout"), "gave no answer within the timeout"),
+    (("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "doesn't match", "hostname mismatch"),
+     "cannot be reached: its TLS certificate is not trusted or does not match its host name (check "
+     "HttpsCACertificates, HttpsVerifyPeers and the host name in the peer's URL)"),
+    (("SSLError", "SSL:", "TLS"), "cannot be reached: the TLS handshake failed (is it HTTPS on that port?)"),
+    (("Connection refused",), "cannot be reached: the connection was refused (is Orthanc running there, on that "
+                              "port?)"),
+    (("Name or service not known", "Temporary failure in name resolution", "nodename nor servname"),
+     "cannot be reached: its host name cannot be resolved"),
+    (("No route to host", "Network is unreachable"), "cannot be reached: its network cannot be reached"),
+    (("Connection reset by peer",), "reset the connection"),
+    (("RemoteDisconnected", "Connection aborted", "BrokenPipe", "IncompleteRead", "ProtocolError",
+      "Connection broken"), "closed the connection before the answer ended"),
+)
+
+
+def network_reason(e: BaseException) -> str:
+    """What went wrong with the peer, in words (the exception's own text holds object addresses and errno
+    codes)."""
     name = type(e).__name__
     if "ConnectTimeout" in name:
-        why = "the connection timed out"
-    elif "ReadTimeout" in name or "Timeout" in name:
-        why = "no answer within the timeout"
-    elif "ConnectionError" in name:
-        why = "the connection failed"
-    else:
-        why = name
-    return f"Peer {peer.name!r} ({peer.url}) cannot be reached: {why} ({e})"
+        return "cannot be reached: the connection timed out"
+    text = f"{name} {e!r} {e}"
+    for signs, reason in _NETWORK_REASONS:
+        if any(sign in text for sign in signs):
+            return reason
+    if "Timeout" in name:
+        return "gave no answer within the timeout"
+    return "cannot be reached: the connection failed" if "ConnectionError" in name else \
+        f"cannot be reached: the request failed ({name})"
+
+
+def describe_network_error(peer: PeerConfig, e: Exception) -> str:
+    return f"Peer {peer.name!r} ({peer.url}) {network_reason(e)}"
 
 
 class StoppableBody:

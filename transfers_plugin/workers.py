@@ -15,8 +15,9 @@ awaited. At most ``threads`` items hold a place at once, and at most ``2 * threa
 
 import queue
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Dict, Hashable, List, Sequence, Set
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Set
 
 _POLL = 0.1  # seconds between checks of the stop events while waiting for a place
 
@@ -69,13 +70,17 @@ def _acquire(places: threading.Semaphore, stopping: Callable[[], bool]) -> bool:
 
 def run_pool(work: "queue.Queue[Any]", threads: int, handle: Callable[..., None],
              stop_event: threading.Event, name: str = "transfers-worker", overlap: bool = False,
-             wait_released: bool = True) -> List[BaseException]:
+             wait_released: bool = True, abandon_after: Optional[float] = None) -> List[BaseException]:
     """Runs ``handle(item)`` (``handle(item, place)`` with ``overlap``) for the queued items; returns
     the errors that ended the work (first first).
 
     With ``wait_released`` False, work that is ending (stopped, or an item failed) returns as soon as no
     item holds a place: items that gave theirs back and only wait (a push waiting for the answer to a body
-    it sent) are not waited for; their handler must then change nothing of the job."""
+    it sent) are not waited for; their handler must then change nothing of the job.
+
+    With ``abandon_after``, work asked to stop (``stop_event``, not a failure) returns that many seconds
+    after the stop at the latest, even while items still run: a request blocked on a peer that stalls ends
+    only at its timeout. Such an item's handler must change nothing of the job once ``stop_event`` is set."""
     threads = max(1, threads)
     failures: List[BaseException] = []
     abort = threading.Event()
@@ -115,11 +120,16 @@ def run_pool(work: "queue.Queue[Any]", threads: int, handle: Callable[..., None]
             for n in range(max(1, count))]
     for t in pool:
         t.start()
+    stopped_at: Optional[float] = None
     for t in pool:
         while t.is_alive():
             t.join(_POLL)
             if not wait_released and stopping() and not any(p.held for p in list(current.values())):
                 return list(failures)
+            if abandon_after is not None and stop_event.is_set():
+                stopped_at = stopped_at if stopped_at is not None else time.monotonic()
+                if time.monotonic() - stopped_at >= abandon_after:
+                    return list(failures)
     return failures
 
 

@@ -199,6 +199,9 @@ def test_registered_lookup_route(api, app):
 
 def test_registered_routes_answer_errors_as_json(api, app):
     r = api.call("GET", "/transfers/chunks/" + "ab" * 3, {})
+    assert r.status == 400
+    assert json.loads(r.body)["HttpStatus"] == 400
+    r = api.call("GET", "/transfers/chunks/" + "ffffffff-ffffffff-ffffffff-ffffffff-ffffffff", {})
     assert r.status == 404
     assert json.loads(r.body)["HttpStatus"] == 404
     r = api.call("DELETE", "/transfers/lookup")
@@ -267,18 +270,25 @@ def test_peers_installed_without_remote_self(api, app):
 
 # --- the download area at start -------------------------------------------------------------------------
 
-def test_sweep_removes_orphans_of_earlier_runs_only(api, app):
-    import os
-    import time as _time
+def test_sweep_removes_what_no_job_or_transaction_of_this_run_owns_whatever_its_age(api, app):
+    """Folders of jobs dropped from the history and of push transactions killed with Orthanc go at the next
+    start, even when they are younger than the start itself (a receiver killed and restarted within a
+    second); folders of this run's jobs and transactions stay, and so does what the plugin did not name."""
+    import uuid
+
+    from transfers_plugin.protocol import PushDescriptor
 
     root = app.download_root
     root.mkdir(parents=True, exist_ok=True)
     job = app.engine.submit(app.pull_job.name, {"Resources": [], "Peer": "remote", "Compression": "none"})
-    old = _time.time() - 3600
-    for name in ("orphan-job", "push-old-transaction", job.id):
-        (root / name).mkdir()
+    live = app.receiver.create(PushDescriptor.from_json({"Instances": [], "Buckets": [], "Compression": "none"}))
+    orphans = [str(uuid.uuid4()), f"push-{uuid.uuid4()}"]
+    for name in orphans + [job.id, f"push-{live}"]:
+        (root / name).mkdir(exist_ok=True)
         (root / name / "x.dcm").write_bytes(b"partial")
-        os.utime(root / name, (old, old))
-    (root / "push-of-this-run").mkdir()  # a push received before the saved jobs were loaded
+    for name in ("notes", "push-not-a-uuid"):  # not named by the plugin: left alone
+        (root / name).mkdir()
+    (root / "readme.txt").write_text("an administrator's file")
     app.sweep_download_root()
-    assert sorted(p.name for p in root.iterdir()) == sorted([job.id, "push-of-this-run"])
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [job.id, f"push-{live}", "notes", "push-not-a-uuid", "readme.txt"])

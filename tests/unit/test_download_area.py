@@ -128,7 +128,7 @@ def test_buckets_in_any_order_rebuild_the_instances(area):
 @st.composite
 def buckets_and_pieces(draw):
     sizes = draw(st.lists(st.integers(0, 300), min_size=1, max_size=4))
-    ids = [f"{n:08x}-0000" for n in range(len(sizes))]
+    ids = [f"{n:08x}-00000000-00000000-00000000-00000000" for n in range(len(sizes))]
     chunks = []
     for _ in range(draw(st.integers(0, 8))):
         n = draw(st.integers(0, len(ids) - 1))

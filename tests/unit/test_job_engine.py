@@ -53,6 +53,8 @@ class Control:
         self.runs = 0
         self.seen_resume: List[Dict[str, Any]] = []
         self.contexts: List[JobContext] = []
+        self.cleanup_gate: Optional[threading.Event] = None  # cleanup() waits until it is set
+        self.cleaning = threading.Event()  # set once cleanup() was entered
 
 
 class FakeType:
@@ -111,6 +113,11 @@ class FakeType:
                 self.running -= 1
 
     def cleanup(self, record: JobRecord, reason: str) -> None:
+        ctl = self.control(record.parameters["name"])
+        ctl.cleaning.set()
+        if ctl.cleanup_gate is not None:
+            assert ctl.cleanup_gate.wait(DEADLINE), "the test never let the cleanup end"
+        record.resume_state = {**record.resume_state, "cleaned": reason}  # as the real job types do: a new dict
         with self.lock:
             self.cleanups.append((record.parameters["name"], reason))
 
@@ -124,7 +131,9 @@ class Harness:
         self.fake = FakeType()
         self.store = store if store is not None else MemoryJobStore()
         self.errors: List[str] = []
-        self.engine = JobEngine({TYPE: self.fake}, self.store, log_error=self.errors.append, **kwargs)
+        self.infos: List[str] = []
+        self.engine = JobEngine({TYPE: self.fake}, self.store, log_error=self.errors.append,
+                                log_info=self.infos.append, **kwargs)
 
     def submit(self, name: str, priority: int = 0) -> str:
         self.fake.control(name)
@@ -436,11 +445,45 @@ def test_unexpected_exception_is_error_1_with_a_traceback(make):
     h.fake.control("a").error = ZeroDivisionError("division by zero")
     j = h.wait_state(job, FAILURE)
     assert j["ErrorCode"] == 1
-    assert "ZeroDivisionError" in j["ErrorDescription"] and "division by zero" in j["ErrorDescription"]
-    assert "Traceback" in j["ErrorDetails"] and "ZeroDivisionError" in j["ErrorDetails"]
-    assert "in run" in j["ErrorDetails"]
+    assert "ZeroDivisionError" in j["ErrorDescription"] and "log" in j["ErrorDescription"]
+    assert "Traceback" not in j["ErrorDescription"] + j["ErrorDetails"]  # the log has it, at the info level
+    assert any("division by zero" in m for m in h.errors)
+    assert any("Traceback" in m and "in run" in m for m in h.infos)
+    assert not any("Traceback" in m for m in h.errors)
     wait_until(lambda: h.fake.cleanups_of("a"), what="the cleanup")
     assert h.fake.cleanups_of("a") == ["failure"]
+
+
+@pytest.mark.parametrize("how", ["failure", "canceled while running", "canceled while paused"])
+def test_a_resubmit_waits_for_the_cleanup_of_the_failure(make, how):
+    """A job resubmitted right after it failed or was canceled starts only once that end's cleanup has run
+    (for a push: the DELETE at the peer, then its resume state cleared), so that the new run does not start
+    from the stale state and the late cleanup cannot clear the new run's state."""
+    h = make()
+    job = h.submit("a")
+    ctl = h.fake.control("a")
+    ctl.cleanup_gate = threading.Event()
+    h.wait_running(job, "a")
+    if how == "failure":
+        ctl.error = NetworkProtocol("peer went away")
+    elif how == "canceled while running":
+        h.engine.cancel(job)
+    else:
+        h.engine.pause(job)
+        h.wait_state(job, PAUSED)
+        h.engine.cancel(job)
+    assert ctl.cleaning.wait(DEADLINE)
+    assert h.state(job) == FAILURE  # the failure shows at once
+    h.engine.resubmit(job)
+    time.sleep(0.3)
+    assert h.state(job) == PENDING and ctl.runs == 1, "the resubmitted job started before the cleanup ended"
+    ctl.cleanup_gate.set()
+    wait_until(lambda: ctl.runs == 2, what="the resubmitted run")
+    reason = "failure" if how == "failure" else "canceled"
+    assert ctl.seen_resume[1].get("cleaned") == reason  # the new run starts from what the cleanup left
+    assert h.fake.cleanups_of("a") == [reason]
+    ctl.finish.set()
+    h.wait_state(job, SUCCESS)
 
 
 def test_resubmit_after_failure_runs_again(make):

@@ -5,7 +5,7 @@ import string
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from transfers_plugin.errors import (
@@ -14,18 +14,23 @@ from transfers_plugin.errors import (
     BadParameterType,
     BadRequest,
     ParameterOutOfRange,
+    PayloadTooLarge,
     TransfersError,
 )
 from transfers_plugin.protocol import (
+    MAX_JSON_DEPTH,
     MAX_UINT64,
     MB,
     Bucket,
     Chunk,
     ChunkRequest,
     InstanceInfo,
+    Limits,
     PushDescriptor,
     Resource,
     TransferQuery,
+    check_orthanc_id,
+    check_uuid,
     dumps_compact,
     dumps_styled,
     lookup_answer,
@@ -43,7 +48,7 @@ ID1 = "27f7126f-4f66fb14-03f4081b-f9341db2-53925988"
 ID2 = "5e0bf3b7-8a3c5a2f-16d6b2e0-1b6a7d3c-0f2b4e91"
 MD5_HELLO = "8b1a9953c4611296a827abf8c47804d7"  # protocol.md appendix A
 
-ids = st.text(alphabet="0123456789abcdef-", min_size=1, max_size=44)
+ids = st.lists(st.text(alphabet="0123456789abcdef", min_size=8, max_size=8), min_size=5, max_size=5).map("-".join)
 md5s = st.text(alphabet="0123456789abcdef", min_size=32, max_size=32)
 uint64 = st.integers(min_value=0, max_value=MAX_UINT64)
 infos = st.builds(InstanceInfo, ids, uint64, md5s)
@@ -253,7 +258,7 @@ def test_bucket_json_round_trip(chunk_list):
 
 def test_bucket_payload_layout_rules_are_not_checked_on_parse():
     # protocol.md 2.3: a receiver does not check the planner's layout rules when it parses a bucket.
-    wire = [{"ID": "b", "Offset": "5", "Size": "0"}, {"ID": "a", "Offset": "7", "Size": "3"}]
+    wire = [{"ID": ID2, "Offset": "5", "Size": "0"}, {"ID": ID1, "Offset": "7", "Size": "3"}]
     assert Bucket.from_json(wire).total_size == 3
 
 
@@ -282,11 +287,13 @@ def test_chunk_request_values_and_order():
 
 
 def test_chunk_request_large_values():
-    q = ChunkRequest.parse("a", {"offset": str(2**40), "size": str(MAX_UINT64)})
+    q = ChunkRequest.parse(ID1, {"offset": str(2**40), "size": str(MAX_UINT64)})
     assert (q.offset, q.size) == (2**40, MAX_UINT64)
 
 
-@pytest.mark.parametrize("joined", ["", ".", "a..b", ".a", "a.", "ABC", "a/b", "a b", "a.G", "xyz", "a,b"])
+@pytest.mark.parametrize("joined", ["", ".", "a..b", ".a", "a.", "ABC", "a/b", "a b", "a.G", "xyz", "a,b", "ab",
+                                    ID1.upper(), ID1[:-1], ID1 + "0", ID1.replace("-", ""), f"{ID1}.", f"../{ID1}",
+                                    f"{ID1}/..", "/tmp/x", "f" * 5000, f"{ID1}\x00", "\u00e9" * 44])
 def test_chunk_request_bad_ids(joined):
     with pytest.raises(BadRequest) as info:
         ChunkRequest.parse(joined, {})
@@ -297,7 +304,7 @@ def test_chunk_request_bad_ids(joined):
 @pytest.mark.parametrize("value", ["", "-1", "+1", "1.5", "abc", " 1", "0x1", "1e2", str(MAX_UINT64 + 1), "\u0661"])
 def test_chunk_request_bad_numbers(name, value):
     with pytest.raises(BadParameterType) as info:
-        ChunkRequest.parse("ab", {name: value})
+        ChunkRequest.parse(ID1, {name: value})
     assert status_of(info) == 400
     assert name in info.value.message
 
@@ -305,7 +312,7 @@ def test_chunk_request_bad_numbers(name, value):
 @pytest.mark.parametrize("value", ["GZIP", "None", "", "deflate"])
 def test_chunk_request_bad_compression(value):
     with pytest.raises(ParameterOutOfRange) as info:
-        ChunkRequest.parse("ab", {"compression": value})
+        ChunkRequest.parse(ID1, {"compression": value})
     assert status_of(info) == 400
 
 
@@ -328,9 +335,15 @@ def test_transfer_query_minimal():
     assert q.priority == 0 and q.originator is None and q.sender_transfer_id is None
 
 
-@pytest.mark.parametrize("priority", [0, 5, -7, 2**40])
+@pytest.mark.parametrize("priority", [0, 5, -7, 2**31 - 1, -2**31])
 def test_transfer_query_priority_int(priority):
     assert TransferQuery.from_json(query(Priority=priority)).priority == priority
+
+
+@pytest.mark.parametrize("priority", [2**31, -2**31 - 1, 2**40, 10**4000])
+def test_transfer_query_priority_out_of_range(priority):
+    with pytest.raises(ParameterOutOfRange):
+        TransferQuery.from_json(query(Priority=priority))
 
 
 @pytest.mark.parametrize("priority", [True, False, 1.0, 2.5, "1", None, [1]])
@@ -394,6 +407,7 @@ def test_transfer_query_round_trip():
 @given(st.lists(infos, max_size=5), st.lists(st.lists(chunks, max_size=3), max_size=4),
        st.sampled_from(["none", "gzip"]))
 def test_push_descriptor_round_trip(instances, buckets, compression):
+    assume(sum(len(b) for b in buckets) <= len(instances) + len(buckets))  # the count bound, tested below
     d = PushDescriptor(tuple(instances), tuple(Bucket(tuple(b)) for b in buckets), compression)
     wire = json.loads(dumps_compact(d.to_json()))
     assert set(wire) == {"Instances", "Buckets", "Compression"}
@@ -402,15 +416,41 @@ def test_push_descriptor_round_trip(instances, buckets, compression):
     assert PushDescriptor.from_json(wire) == d
 
 
+@pytest.mark.parametrize("instances,buckets,chunks,refused", [
+    (3, 2, 5, False), (3, 2, 6, True), (0, 4, 4, False), (0, 4, 5, True), (10, 1, 11, False)])
+def test_push_descriptor_chunks_are_bounded_by_instances_and_buckets(instances, buckets, chunks, refused):
+    """Every plan has at most one chunk per instance plus one per bucket (a split): more is refused before
+    anything is parsed (a descriptor of many tiny chunks would otherwise hold much memory)."""
+    ids = [f"{i:08x}-00000000-00000000-00000000-00000000" for i in range(instances)]
+    per_bucket = [chunks // buckets + (1 if b < chunks % buckets else 0) for b in range(buckets)]
+    wire = {"Instances": [{"ID": i, "Size": "0", "MD5": MD5_HELLO} for i in ids], "Compression": "none",
+            "Buckets": [[{"ID": "not parsed yet", "Offset": "0", "Size": "0"}] * n for n in per_bucket]}
+    with pytest.raises(BadFileFormat) as info:
+        PushDescriptor.from_json(wire)
+    assert ("chunks" in info.value.message) == refused
+
+
+@pytest.mark.parametrize("key,n", [("Instances", 11), ("Buckets", 11)])
+def test_push_descriptor_counts_are_bounded(key, n):
+    wire = {"Instances": [], "Buckets": [], "Compression": "none", key: [{}] * n}
+    with pytest.raises(PayloadTooLarge) as info:
+        PushDescriptor.from_json(wire, Limits(max_instances=10))
+    assert status_of(info) == 413 and "MaxTransferInstances" in info.value.message
+    with pytest.raises(BadFileFormat):  # within the bound, the items are parsed (and these are wrong)
+        PushDescriptor.from_json({**wire, key: [{}] * 10}, Limits(max_instances=10))
+
+
 def test_push_descriptor_empty_transfer():
     d = PushDescriptor.from_json({"Instances": [], "Buckets": [], "Compression": "none"})
     assert d.instances == () and d.buckets == ()
 
 
 def test_push_descriptor_appendix_example():
+    # protocol.md's example, with whole Orthanc IDs instead of its shortened ones
     body = ('{"Buckets":[[{"ID":"0a","Offset":"0","Size":"768"},{"ID":"5e","Offset":"0","Size":"1048576"}]],'
             '"Compression":"gzip","Instances":[{"ID":"0a","MD5":"b81af6768a606259904a7fe7a5eea85f","Size":"768"},'
-            '{"ID":"5e","MD5":"00000000000000000000000000000000","Size":"1048576"}]}')
+            '{"ID":"5e","MD5":"00000000000000000000000000000000","Size":"1048576"}]}'
+            ).replace('"0a"', f'"{ID1}"').replace('"5e"', f'"{ID2}"')
     d = PushDescriptor.from_json(json.loads(body))
     assert [i.size for i in d.instances] == [768, 1048576]
     assert d.buckets[0].total_size == 768 + 1048576
@@ -520,3 +560,103 @@ def test_dumps_compact_and_styled(value):
 
 def test_dumps_compact_sorts_keys():
     assert dumps_compact({"b": 1, "a": [1, {"d": "x", "c": "y"}]}) == b'{"a":[1,{"c":"y","d":"x"}],"b":1}'
+
+
+# --- hostile JSON, IDs and numbers -----------------------------------------------------------------------
+
+def nested(depth: int, kind: str = "array") -> bytes:
+    if kind == "array":
+        return b"[" * depth + b"]" * depth
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+@pytest.mark.parametrize("kind", ["array", "object"])
+@pytest.mark.parametrize("depth", [2 * MAX_JSON_DEPTH + 1, 550, 1000, 100_000, 1_000_000])
+def test_deep_json_is_refused_before_it_is_parsed(monkeypatch, kind, depth):
+    monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed"))
+    with pytest.raises(BadJson) as info:
+        parse_json_body(nested(depth, kind), "lookup body")
+    assert status_of(info) == 400 and "nested too deeply" in info.value.message
+
+
+@pytest.mark.parametrize("depth", [1, 4, MAX_JSON_DEPTH])
+def test_json_of_a_reasonable_depth_is_parsed(depth):
+    assert parse_json_body(nested(depth, "object"), "x") is not None
+    wrapped = b'{"Resources": ' + nested(depth) + b', "Peer": "[[[[{{{{", "x": "\\\"]]]]"}'
+    assert parse_json_body(wrapped, "x")["Peer"] == "[[[[{{{{"
+
+
+@pytest.mark.parametrize("body", [b"[[[[", b"]]]]", b"[}", b'{"a": [1, 2}', b"[" * 5000, b"]" * 5000 + b"[" * 5000,
+                                  b'["unterminated ]]]'])
+def test_json_whose_brackets_do_not_match_is_refused_without_parsing(monkeypatch, body):
+    monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed"))
+    with pytest.raises(BadJson) as info:
+        parse_json_body(body, "x")
+    assert status_of(info) == 400
+
+
+def test_brackets_inside_strings_do_not_count():
+    text = json.dumps({"a": "[" * 10000, "b": ["]" * 3, "\\", '"{']}).encode()
+    assert parse_json_body(text, "x")["a"] == "[" * 10000
+
+
+def test_json_larger_than_the_limit_is_refused():
+    with pytest.raises(PayloadTooLarge) as info:
+        parse_json_body(b"[" + b"1," * MB + b"1]", "push descriptor", Limits(max_json_bytes=MB))
+    assert status_of(info) == 413 and "MaxJsonBodySize" in info.value.message
+    assert parse_json_body(b"[" + b"1," * 1000 + b"1]", "x", Limits(max_json_bytes=MB))[-1] == 1
+
+
+@pytest.mark.parametrize("value", ["9" * 21, "1" + "0" * 4299, "9" * 5000])
+def test_parse_decimal_refuses_more_digits_than_64_bits_hold(value):
+    with pytest.raises(ParameterOutOfRange) as info:
+        parse_decimal(value, "Size")
+    assert status_of(info) == 400 and len(info.value.message) < 200
+
+
+@pytest.mark.parametrize("name", ["offset", "size"])
+def test_chunk_request_refuses_huge_numbers(name):
+    with pytest.raises(BadParameterType) as info:
+        ChunkRequest.parse(ID1, {name: "9" * 5000})
+    assert status_of(info) == 400 and len(info.value.message) < 300
+
+
+HOSTILE_IDS = ["", "/tmp/x/abs", "../../x", "..", "%2e%2e%2f", ID1 + "/..", ID1 + "\x00", ID1.upper(), "a" * 300,
+               "f" * 5000, "\u00e9t\u00e9/" + ID1, ID1[:-1] + "\u0660", " " + ID1, ID1 + "\n"]
+
+
+@pytest.mark.parametrize("value", HOSTILE_IDS + [None, 5, ["x"]])
+def test_hostile_instance_ids_are_refused(value):
+    with pytest.raises(BadFileFormat) as info:
+        check_orthanc_id(value, "ID")
+    assert status_of(info) == 400 and len(info.value.message) < 250
+    with pytest.raises(BadFileFormat):
+        InstanceInfo.from_json({"ID": value, "Size": "0", "MD5": MD5_HELLO})
+    with pytest.raises(BadFileFormat):
+        Chunk.from_json({"ID": value, "Offset": "0", "Size": "0"})
+
+
+@pytest.mark.parametrize("value", HOSTILE_IDS + [ID1, "E12EE203-3705-4F1E-B159-F88239B57B9C"])
+def test_hostile_transaction_ids_are_refused(value):
+    with pytest.raises(BadRequest) as info:
+        check_uuid(value, "The push transaction ID")
+    assert status_of(info) == 400
+    assert check_uuid("e12ee203-3705-4f1e-b159-f88239b57b9c", "x") == "e12ee203-3705-4f1e-b159-f88239b57b9c"
+
+
+@pytest.mark.parametrize("key,value", [("Peer", ""), ("Peer", "a\nb"), ("Peer", "x" * 300),
+                                       ("SenderTransferID", "a\r\nX-Injected: 1"), ("SenderTransferID", "\u00e9"),
+                                       ("Originator", "\x00")])
+def test_transfer_query_strings_that_would_be_logged_or_sent_as_headers(key, value):
+    with pytest.raises(BadFileFormat):
+        TransferQuery.from_json(query(**{key: value}))
+
+
+def test_transfer_query_keeps_a_non_ascii_peer_name():
+    assert TransferQuery.from_json(query(Peer="h\u00f4pital-b")).peer == "h\u00f4pital-b"
+
+
+def test_resources_are_bounded():
+    with pytest.raises(PayloadTooLarge):
+        parse_resources([{"Level": "Study", "ID": ID1}] * 11, Limits(max_instances=10))
+    assert len(parse_resources([{"Level": "Study", "ID": ID1}] * 10, Limits(max_instances=10))) == 10

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from transfers_plugin.config import PeerConfig
 from transfers_plugin.errors import BadRequest, NetworkProtocol, NotFound
 from transfers_plugin.jobs.pull import as_transfer_error, network_speed_kbs, parse_lookup_answer, progress
-from transfers_plugin.protocol import InstanceInfo
+from transfers_plugin.protocol import DEFAULT_LIMITS, InstanceInfo, Limits, parse_json_body
 from transfers_plugin.transport import PeerError
 
 SHARED = Path(os.environ.get("TRANSFERS_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
@@ -20,6 +20,14 @@ LOOKUP_ANSWER = SHARED / "fixtures" / "cxx-1.4" / "pull-gzip" / "resp-002.json"
 ORIGINATOR = "c1a02fc9-b7c7-463e-abe2-bb518161e6b9"
 
 PEER = PeerConfig("remote", "http://remote.example:8042/")
+AA = "aaaaaaaa-aaaaaaaa-aaaaaaaa-aaaaaaaa-aaaaaaaa"
+BB = "bbbbbbbb-bbbbbbbb-bbbbbbbb-bbbbbbbb-bbbbbbbb"
+CC = "cccccccc-cccccccc-cccccccc-cccccccc-cccccccc"
+
+
+def parse_answer(body: bytes, originator, peer, limits: Limits = DEFAULT_LIMITS):
+    """A lookup answer as the job reads it: parsed within the limits, then checked."""
+    return parse_lookup_answer(parse_json_body(body, "lookup answer", limits), originator, peer, limits)
 
 
 def answer(instances, originator=ORIGINATOR, **extra) -> bytes:
@@ -28,7 +36,7 @@ def answer(instances, originator=ORIGINATOR, **extra) -> bytes:
     return json.dumps(body).encode()
 
 
-def item(iid="aa", size="10", md5="0" * 32):
+def item(iid=AA, size="10", md5="0" * 32):
     return {"ID": iid, "MD5": md5, "Size": size}
 
 
@@ -84,7 +92,7 @@ def test_real_cxx_lookup_answer():
         pytest.skip(f"fixtures not found at {LOOKUP_ANSWER}")
     body = LOOKUP_ANSWER.read_bytes()
     raw = json.loads(body)
-    instances = parse_lookup_answer(body, ORIGINATOR, PEER)
+    instances = parse_answer(body, ORIGINATOR, PEER)
     assert len(instances) == raw["CountInstances"] == 5
     assert all(isinstance(i, InstanceInfo) for i in instances)
     assert [i.to_json() for i in instances] == sorted(raw["Instances"], key=lambda x: x["ID"])
@@ -92,16 +100,16 @@ def test_real_cxx_lookup_answer():
     assert instances[3] == InstanceInfo("a36d4be2-f419c44c-5157e814-171573f6-d151a103", 526432,
                                         "ae6d884f6892b7d05dddd6dd057ce42c")
     # Without an expected originator, any is accepted.
-    assert parse_lookup_answer(body, None, PEER) == instances
+    assert parse_answer(body, None, PEER) == instances
 
 
 def test_instances_are_sorted_by_id():
-    body = answer([item("cc"), item("aa"), item("bb")])
-    assert [i.id for i in parse_lookup_answer(body, ORIGINATOR, PEER)] == ["aa", "bb", "cc"]
+    body = answer([item(CC), item(AA), item(BB)])
+    assert [i.id for i in parse_answer(body, ORIGINATOR, PEER)] == [AA, BB, CC]
 
 
 def test_empty_lookup_answer():
-    assert parse_lookup_answer(answer([]), ORIGINATOR, PEER) == []
+    assert parse_answer(answer([]), ORIGINATOR, PEER) == []
 
 
 @pytest.mark.parametrize("body", [
@@ -115,7 +123,7 @@ def test_empty_lookup_answer():
 ])
 def test_bad_answer_shapes(body):
     with pytest.raises(BadRequest):
-        parse_lookup_answer(body, ORIGINATOR, PEER)
+        parse_answer(body, ORIGINATOR, PEER)
 
 
 @pytest.mark.parametrize("missing", ["ID", "MD5", "Size"])
@@ -123,31 +131,31 @@ def test_instance_with_a_missing_key(missing):
     bad = item()
     del bad[missing]
     with pytest.raises(BadRequest) as e:
-        parse_lookup_answer(answer([item("bb"), bad]), ORIGINATOR, PEER)
+        parse_answer(answer([item(BB), bad]), ORIGINATOR, PEER)
     assert missing in e.value.message
 
 
 @pytest.mark.parametrize("size", [10, 10.0, None, "-1", "1e3", " 10", "0x10"])
 def test_size_must_be_a_decimal_string(size):
     with pytest.raises(BadRequest) as e:
-        parse_lookup_answer(answer([item(size=size)]), ORIGINATOR, PEER)
+        parse_answer(answer([item(size=size)]), ORIGINATOR, PEER)
     assert "Size" in e.value.message
 
 
 def test_instance_that_is_not_an_object():
     with pytest.raises(BadRequest):
-        parse_lookup_answer(answer(["aa"]), ORIGINATOR, PEER)
+        parse_answer(answer([AA]), ORIGINATOR, PEER)
 
 
 def test_duplicate_instances_are_refused():
     with pytest.raises(BadRequest) as e:
-        parse_lookup_answer(answer([item("aa"), item("bb"), item("aa", size="11")]), ORIGINATOR, PEER)
+        parse_answer(answer([item(AA), item(BB), item(AA, size="11")]), ORIGINATOR, PEER)
     assert "twice" in e.value.message
 
 
 def test_originator_mismatch_is_refused():
     with pytest.raises(BadRequest) as e:
-        parse_lookup_answer(answer([item()], originator="someone-else"), ORIGINATOR, PEER)
+        parse_answer(answer([item()], originator="someone-else"), ORIGINATOR, PEER)
     assert "invalid originator" in e.value.message
     assert "someone-else" in e.value.message and "remote" in e.value.message
 
@@ -156,7 +164,31 @@ def test_real_answer_with_another_originator_is_refused():
     if not LOOKUP_ANSWER.exists():
         pytest.skip(f"fixtures not found at {LOOKUP_ANSWER}")
     with pytest.raises(BadRequest, match="invalid originator"):
-        parse_lookup_answer(LOOKUP_ANSWER.read_bytes(), "00000000-0000-0000-0000-000000000000", PEER)
+        parse_answer(LOOKUP_ANSWER.read_bytes(), "00000000-0000-0000-0000-000000000000", PEER)
+
+
+@pytest.mark.parametrize("iid", ["/tmp/x/abs", "../../x", "..%2f..%2fx", "a" * 5000, AA + "\x00", AA.upper(),
+                                 "\u00e9t\u00e9/" + AA, AA + "/../" + BB])
+def test_a_malicious_source_cannot_name_files(iid):
+    """A lookup answer's IDs become file names of the download area: only Orthanc IDs pass."""
+    with pytest.raises(BadRequest) as e:
+        parse_answer(answer([item(BB), item(iid)]), ORIGINATOR, PEER)
+    assert "Orthanc identifier" in e.value.message and len(e.value.message) < 300
+
+
+@pytest.mark.parametrize("md5", ["", "0" * 31, "g" * 32, "0" * 33, "../" + "0" * 29])
+def test_md5_must_have_32_hex_digits(md5):
+    with pytest.raises(BadRequest) as e:
+        parse_answer(answer([item(md5=md5)]), ORIGINATOR, PEER)
+    assert "MD5" in e.value.message
+
+
+def test_lookup_answer_of_too_many_instances_is_refused():
+    ids = [f"{i:08x}-00000000-00000000-00000000-00000000" for i in range(11)]
+    with pytest.raises(BadRequest) as e:
+        parse_answer(answer([item(i) for i in ids]), ORIGINATOR, PEER, Limits(max_instances=10))
+    assert "MaxTransferInstances" in e.value.message
+    assert len(parse_answer(answer([item(i) for i in ids[:10]]), ORIGINATOR, PEER, Limits(max_instances=10))) == 10
 
 
 # --- network errors -----------------------------------------------------------------------------------

@@ -303,10 +303,24 @@ BAD_DESCRIPTORS = [
     (_instance_never_sent, ["0 of the 3810", "88241a3c"]),
     (_overlap_same_bucket_twice, ["overlap", SPLIT]),
     (_overlap_shifted, ["overlap", "105285", SPLIT]),
-    (_md5_too_short, ["MD5", "88241a3c"]),
-    (_md5_too_long, ["MD5", "88241a3c"]),
-    (_md5_empty, ["MD5", "05790313"]),
 ]
+MALFORMED_DESCRIPTORS = [
+    (_md5_too_short, ["MD5", "Instances[2]"]),
+    (_md5_too_long, ["MD5", "Instances[2]"]),
+    (_md5_empty, ["MD5", "Instances[0]"]),
+]
+
+
+@pytest.mark.parametrize("mutate,words", MALFORMED_DESCRIPTORS,
+                         ids=[m.__name__.strip("_") for m, _ in MALFORMED_DESCRIPTORS])
+def test_malformed_descriptors_are_refused_when_parsed(fixtures_dir, mutate, words):
+    raw = cxx_descriptor(fixtures_dir)
+    mutate(raw)
+    with pytest.raises(TransfersError) as e:
+        PushDescriptor.from_json(raw)
+    assert e.value.status == 400
+    for word in words:
+        assert word.lower() in e.value.message.lower(), (word, e.value.message)
 
 
 @pytest.mark.parametrize("mutate,words", BAD_DESCRIPTORS, ids=[m.__name__.strip("_") for m, _ in BAD_DESCRIPTORS])
@@ -523,7 +537,7 @@ def test_commit_with_a_corrupted_bucket_is_corrupted_file_and_stores_nothing(roo
     receiver.put(tid, 2, transfer.encode(bytes(raw)))
     with pytest.raises(CorruptedFile) as e:
         receiver.commit(tid)
-    assert e.value.status == 500 and "MD5" in e.value.message
+    assert e.value.status == 400 and e.value.orthanc_code == 20 and "MD5" in e.value.message  # the sender's error
     assert store.calls == [] and store.stored == {}
     assert receiver.active == 1
     receiver.put(tid, 2, transfer.body(2))

@@ -10,6 +10,7 @@ import pytest
 
 from transfers_plugin import errors
 from transfers_plugin.codec import get_codec
+from transfers_plugin.config import TransfersConfig
 from transfers_plugin.errors import (
     BadRequest,
     CorruptedFile,
@@ -144,15 +145,18 @@ def test_router_unexpected_exception_is_500_json_and_logged():
     def crash(request):
         raise KeyError("surprise")
 
-    router = Router(logged.append)
+    debug: List[str] = []
+    router = Router(logged.append, debug.append)
     router.add(r"/crash", GET=crash)
     r = router.dispatch(Request("GET", "/crash"))
     assert r.status == 500
     body = body_json(r)
     assert set(body) == ERROR_KEYS and body["HttpStatus"] == 500
-    assert "surprise" in body["Message"]
+    assert "KeyError" in body["Message"] and "log" in body["Message"]
+    assert "surprise" not in body["Message"] and "Traceback" not in r.body.decode()  # the log has the details
     assert len(logged) == 1
-    assert "/crash" in logged[0] and "surprise" in logged[0] and "Traceback" in logged[0]
+    assert "/crash" in logged[0] and "surprise" in logged[0] and "Traceback" not in logged[0]
+    assert len(debug) == 1 and "Traceback" in debug[0] and "surprise" in debug[0]
 
 
 def test_router_expected_errors_are_not_logged():
@@ -188,13 +192,14 @@ class FakeSource:
         self.read_requests.append(request)
         return self.payload
 
-    def lookup(self, resources) -> List[InstanceInfo]:
+    def lookup(self, resources, limits=None) -> List[InstanceInfo]:
         self.lookup_requests.append(list(resources))
         return self.instances
 
 
 class FakeApp:
     originator = "e12ee203-3705-4f1e-b159-f88239b57b9c"
+    config = TransfersConfig()
 
     def __init__(self, core=("python",)):
         self.source = FakeSource()
@@ -333,7 +338,7 @@ def test_lookup_wrong_method(router):
 
 
 def test_lookup_unknown_resource_is_404(router, app):
-    def unknown(resources):
+    def unknown(resources, limits):
         raise NotFound("Unknown study")
 
     app.source.lookup = unknown
@@ -380,5 +385,5 @@ def test_peers_crash_is_500(app):
 
     app.probe_peers = boom
     r = router.dispatch(Request("GET", "/transfers/peers"))
-    assert r.status == 500 and "no threads left" in body_json(r)["Message"]
-    assert len(logged) == 1
+    assert r.status == 500 and "OSError" in body_json(r)["Message"]
+    assert len(logged) == 1 and "no threads left" in logged[0]

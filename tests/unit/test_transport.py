@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from werkzeug import Response as WResponse
 
 from transfers_plugin.config import PeerConfig, TransfersConfig, parse_configuration
-from transfers_plugin.transport import HttpAnswer, PeerTransport
+from transfers_plugin.transport import HttpAnswer, PeerError, PeerTransport
 
 
 def basic(user: str, password: str) -> str:
@@ -110,6 +110,12 @@ def test_url_joining_never_doubles_slashes(base, segments, leading):
 
 # --- with a fake requests module -----------------------------------------------------------------------
 
+def fake_response(status: int, headers: Dict[str, str], body: bytes) -> types.SimpleNamespace:
+    """What ``requests`` returns for a streamed request: the body is read with ``iter_content``."""
+    return types.SimpleNamespace(status_code=status, headers=headers, raw=None, close=lambda: None,
+                                 iter_content=lambda size: iter([body[i:i + size] for i in range(0, len(body), size)]))
+
+
 class FakeSession:
     instances: List["FakeSession"] = []
 
@@ -126,7 +132,7 @@ class FakeSession:
 
     def request(self, method, url, **kwargs):
         self.calls.append({"method": method, "url": url, **kwargs})
-        return types.SimpleNamespace(status_code=201, headers={"X": "y"}, content=b"body")
+        return fake_response(201, {"X": "y"}, b"body")
 
     def close(self):
         self.closed = True
@@ -166,6 +172,24 @@ def test_request_arguments_and_answer(fake_requests):
     assert call["data"] == b"payload"
     assert call["headers"] == {"Content-Type": "application/octet-stream"}
     assert call["allow_redirects"] is False
+    assert call["stream"] is True  # the answer is read within a bound (MaxJsonBodySize)
+
+
+@pytest.mark.parametrize("status,length,limit_mb", [(200, 2 * 1024 * 1024 + 1, 2), (500, 1024 * 1024 + 1, 64)])
+def test_an_answer_larger_than_the_limit_is_refused(monkeypatch, fake_requests, status, length, limit_mb):
+    """A peer cannot make us hold more than MaxJsonBodySize of an answer (1 MB of an error), announced or not."""
+    transport = make(TransfersConfig(max_json_body_size_mb=limit_mb), fake_requests)
+    peer = PeerConfig("p", "http://h:1/")
+    for headers in ({"Content-Length": str(length)}, {}):
+        monkeypatch.setattr(FakeSession, "request",
+                            lambda self, method, url, answer_headers=headers, **kw:
+                            fake_response(status, answer_headers, b"x" * length))
+        with pytest.raises(PeerError) as e:
+            transport.request(peer, "POST", "/transfers/lookup")
+        assert "'p'" in e.value.message and "MB" in e.value.message and not e.value.retryable
+    monkeypatch.setattr(FakeSession, "request",
+                        lambda self, method, url, **kw: fake_response(status, {}, b"x" * (length - 1)))
+    assert transport.request(peer, "POST", "/transfers/lookup").content == b"x" * (length - 1)
 
 
 def test_session_settings(fake_requests):

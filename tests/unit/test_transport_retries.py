@@ -1,5 +1,6 @@
 """PeerTransport.call against a local HTTP server: retries with backoff, what is not retried, stop_event."""
 
+import json
 import socket
 import threading
 import time
@@ -7,12 +8,20 @@ import types
 from typing import List
 
 import pytest
+import requests
 from werkzeug import Response as WResponse
 
 from transfers_plugin import transport as transport_module
 from transfers_plugin.config import PeerConfig, TransfersConfig
 from transfers_plugin.errors import NetworkProtocol
-from transfers_plugin.transport import MAX_BACKOFF, PeerError, PeerTransport, check_answer
+from transfers_plugin.transport import (
+    MAX_BACKOFF,
+    PeerError,
+    PeerTransport,
+    check_answer,
+    describe_network_error,
+    until_stopped,
+)
 
 LOOKUP = "/transfers/lookup"
 
@@ -145,7 +154,7 @@ def test_a_body_that_is_not_json_is_retried_when_json_is_expected(httpserver, pe
 
 def test_not_json_when_exhausted(httpserver, peer, sleeps):
     httpserver.expect_request(LOOKUP).respond_with_data("<html>proxy</html>", status=200)
-    with pytest.raises(PeerError, match="not JSON"):
+    with pytest.raises(PeerError, match="not valid JSON"):
         make_transport().call(peer, "POST", LOOKUP, retries=0, expect_json=True)
 
 
@@ -219,12 +228,15 @@ def test_check_answer():
     from transfers_plugin.transport import HttpAnswer
 
     peer = peer_at("http://p:8042")
-    assert check_answer(peer, "GET", "/x", HttpAnswer(200, {}, b"[]"), True) is None
-    assert check_answer(peer, "GET", "/x", HttpAnswer(200, {}, b"not json"), False) is None
-    error = check_answer(peer, "GET", "/x", HttpAnswer(200, {}, b"not json"), True)
-    assert isinstance(error, PeerError) and error.retryable
-    error = check_answer(peer, "GET", "/x", HttpAnswer(500, {}, b"x" * 1000), False)
+    assert check_answer(peer, "GET", "/x", HttpAnswer(200, {}, b"not json")) is None
+    error = check_answer(peer, "GET", "/x", HttpAnswer(500, {}, b"x" * 1000))
     assert error.retryable and error.http_status == 500 and len(error.message) < 400
+    said = json.dumps({"HttpStatus": 507, "Message": "The download area /var/x is full\n(No space)"}).encode()
+    error = check_answer(peer, "PUT", "/x", HttpAnswer(507, {}, said))
+    assert not error.retryable and error.http_status == 507
+    assert error.message.endswith("answered HTTP 507 to PUT /x: The download area /var/x is full (No space)")
+    error = check_answer(peer, "PUT", "/x", HttpAnswer(500, {}, b"[" * 100000))  # what it says is bounded too
+    assert error.message.endswith("[" * 300 + "...")
 
 
 def test_a_body_factory_gives_each_attempt_a_fresh_body(httpserver, peer, sleeps):
@@ -304,3 +316,43 @@ def test_a_stoppable_body_says_when_its_last_byte_is_sent(httpserver, peer):
     body = transport_module.StoppableBody(data, threading.Event(), on_sent=lambda: events.append("sent"))
     assert make_transport().call(peer, "PUT", "/transfers/push/t/0", body=body).status == 200
     assert sorted(events) == ["answered", "sent"], "called once, after the last piece"
+
+
+@pytest.mark.parametrize("exc,words", [
+    (requests.ConnectTimeout("x"), "cannot be reached: the connection timed out"),
+    (requests.ReadTimeout("HTTPConnectionPool(host='h', port=1): Read timed out. (read timeout=2)"),
+     "gave no answer within the timeout"),
+    (requests.ConnectionError("HTTPConnectionPool(host='h', port=1): Read timed out."),
+     "gave no answer within the timeout"),
+    (requests.exceptions.SSLError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get "
+                                  "local issuer certificate (_ssl.c:992)"), "TLS certificate is not trusted"),
+    (requests.exceptions.SSLError("CertificateError(\"hostname '127.0.0.1' doesn't match 'localhost'\")"),
+     "does not match its host name"),
+    (requests.ConnectionError("Failed to establish a new connection: [Errno 111] Connection refused"),
+     "cannot be reached: the connection was refused"),
+    (requests.ConnectionError("[Errno -2] Name or service not known"), "host name cannot be resolved"),
+    (requests.ConnectionError("('Connection aborted.', RemoteDisconnected('Remote end closed connection'))"),
+     "closed the connection before the answer ended"),
+    (requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead(10 bytes read)"),
+     "closed the connection before the answer ended"),
+    (requests.ConnectionError("something new"), "cannot be reached: the connection failed"),
+])
+def test_network_errors_are_said_in_words(exc, words):
+    message = describe_network_error(peer_at("http://h:1/", name="b"), exc)
+    assert message.startswith("Peer 'b' (http://h:1/) ") and words in message
+    assert "[Errno" not in message and "Pool" not in message and "0x" not in message
+
+
+def test_a_request_that_stalls_is_abandoned_at_a_stop():
+    stop = threading.Event()
+    unblock = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    try:
+        with pytest.raises(PeerError) as e:
+            until_stopped(lambda: unblock.wait(30), stop, "POST /transfers/lookup to peer 'b'")
+        assert "abandoned" in e.value.message and not e.value.retryable and not unblock.is_set()
+    finally:
+        unblock.set()
+    assert until_stopped(lambda: 42, threading.Event(), "x") == 42
+    with pytest.raises(KeyError):
+        until_stopped(lambda: {}["k"], threading.Event(), "x")

@@ -22,7 +22,8 @@ class FakeSession:
         self.calls.append((method, url, data))
         if self.failures:
             raise self.failures.pop(0)
-        return types.SimpleNamespace(status_code=200, headers={}, content=b"{}", raw=None)
+        return types.SimpleNamespace(status_code=200, headers={}, raw=None, close=lambda: None,
+                                     iter_content=lambda size: iter([b"{}"]))
 
 
 def transport_with(failures):

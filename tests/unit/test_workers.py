@@ -248,6 +248,43 @@ def test_a_pool_that_does_not_wait_for_released_items_still_waits_for_those_hold
     assert finished == [7]
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_stop_abandons_items_blocked_on_a_peer_after_the_grace_period(overlap):
+    """A request blocked on a peer that stalls ends only at its timeout: a stopped pool leaves it behind."""
+    stop = threading.Event()
+    blocked = threading.Event()
+    unblock = threading.Event()
+
+    def handle(item, place=None):
+        blocked.set()
+        unblock.wait(30)  # a recv that returns only at the peer's timeout
+
+    threading.Timer(0.2, stop.set).start()
+    try:
+        assert run_pool(queue_of([1, 2]), 2, handle, stop, overlap=overlap, abandon_after=0.3) == []
+        assert blocked.is_set() and not unblock.is_set(), "returned while the item still blocks"
+    finally:
+        unblock.set()
+
+
+def test_a_failure_still_waits_for_every_item_even_with_abandon_after():
+    """Only a stop abandons: after a failure, the job's cleanup needs every worker to have ended."""
+    stop = threading.Event()
+    finished: List[int] = []
+    second_started = threading.Event()
+
+    def handle(item):
+        if item == 1:
+            assert second_started.wait(5)
+            raise ValueError("bucket 1 failed")
+        second_started.set()
+        time.sleep(0.5)
+        finished.append(item)
+
+    failures = run_pool(queue_of([1, 2]), 2, handle, stop, abandon_after=0.01)
+    assert [str(f) for f in failures] == ["bucket 1 failed"] and finished == [2]
+
+
 # --- AnswerTail -----------------------------------------------------------------------------------------
 
 def test_tail_never_without_a_length():

@@ -289,10 +289,13 @@ class JobEngine:
             if must_signal and job_id in self._contexts:
                 self._contexts[job_id].stop_event.set()
             newly_failed = record.finished and not was_finished
+            if newly_failed:  # canceled while not running: what an earlier run left is cleaned up
+                self._cleaning[record.id] = self._cleaning.get(record.id, 0) + 1
             self._wake.notify_all()
         self._save()
-        if newly_failed:  # canceled while not running: clean up what an earlier run left, then trim
-            self._cleanup_async(record, "canceled")
+        if newly_failed:
+            threading.Thread(target=self._cleanup_then_trim, args=(record, "canceled"), daemon=True,
+                             name=f"transfers-cleanup-{record.id[:8]}").start()
         return record
 
     def pause(self, job_id: str) -> JobRecord:
@@ -315,7 +318,9 @@ class JobEngine:
             if r.state == RETRY and r.retry_at is not None and r.retry_at <= now:
                 r.state = PENDING
                 r.retry_at = None
-        pending = [r for r in self._jobs.values() if r.state == PENDING]
+        # A job resubmitted while the cleanup of its failure still runs waits for it: the cleanup changes its
+        # resume state (and, for a push, discards its transaction at the peer).
+        pending = [r for r in self._jobs.values() if r.state == PENDING and r.id not in self._cleaning]
         if not pending:
             return None
         return max(pending, key=lambda r: (r.priority, -r.sequence))
@@ -358,15 +363,15 @@ class JobEngine:
                 if record.stop_request == STOP_CANCEL:  # canceled after the last check: honour the cancel
                     raise JobStopped(STOP_CANCEL)
                 record.succeed(self.clock())
-            cleanup_reason = "success"
+                cleanup_reason = self._will_clean(record, "success")
             self.log_info(f"Transfers: job {record.id} ({record.type}) succeeded")
         except JobStopped as e:
             with self._lock:
                 # A cancel asked after the pause that stopped the job still wins.
                 reason = STOP_CANCEL if record.stop_request == STOP_CANCEL else e.reason
                 record.stopped(reason, self.clock())
-            if reason == STOP_CANCEL:
-                cleanup_reason = "canceled"
+                if reason == STOP_CANCEL:
+                    cleanup_reason = self._will_clean(record, "canceled")
             self.log_info(f"Transfers: job {record.id} stopped ({reason}), now {record.state}")
         except Exception as e:  # noqa: BLE001
             if isinstance(e, RetryLater) and record.stop_request is None:
@@ -380,17 +385,16 @@ class JobEngine:
                 reason = STOP_SHUTDOWN if isinstance(e, OrthancUnavailable) else record.stop_request
                 with self._lock:
                     record.stopped(reason, self.clock())
+                    if reason == STOP_CANCEL:
+                        cleanup_reason = self._will_clean(record, "canceled")
                 if isinstance(e, OrthancUnavailable):
                     # Orthanc's database is closed to plugins: Orthanc is stopping. Nothing can be saved
                     # any more (what was saved, at most a second ago, is what the next start resumes) and
                     # nothing more is started.
                     self._halt(close_store=True)
-                if reason == STOP_CANCEL:
-                    cleanup_reason = "canceled"
                 self.log_info(f"Transfers: job {record.id} stopped ({reason}) while {type(e).__name__}: {e}")
             else:
-                cleanup_reason = "failure"
-                self._fail(record, e)
+                cleanup_reason = self._fail(record, e)
         finally:
             with self._lock:
                 record.runtime += time.monotonic() - started
@@ -398,20 +402,32 @@ class JobEngine:
                 self._threads.pop(record.id, None)
                 self._wake.notify_all()
         if cleanup_reason is not None:
-            self._cleanup(record, cleanup_reason)
-        self._trim_history()
-        self._save()
+            self._cleanup_then_trim(record, cleanup_reason)
+        else:
+            self._trim_history()
+            self._save()
 
-    def _fail(self, record: JobRecord, e: Exception) -> None:
+    def _fail(self, record: JobRecord, e: Exception) -> str:
+        """Marks the job failed with a message in words (a traceback, for a bug, goes to the log only, at
+        the info level) and returns the cleanup to run."""
         if isinstance(e, TransfersError):
             code = e.orthanc_code if e.orthanc_code > 0 else ERROR_PLUGIN[0]
             message, details = e.message, e.details or ""
             self.log_error(f"Transfers: job {record.id} ({record.type}) failed: {message}")
-        else:  # a bug: the traceback goes to the details and the log
-            code, message, details = ERROR_PLUGIN[0], f"{type(e).__name__}: {e}", traceback.format_exc()
-            self.log_error(f"Transfers: job {record.id} ({record.type}) failed: {message}\n{details}")
+        else:  # a bug
+            code, details = ERROR_PLUGIN[0], ""
+            message = f"Internal error in the transfers plugin ({type(e).__name__}); the Orthanc log says more"
+            self.log_error(f"Transfers: job {record.id} ({record.type}) failed: {type(e).__name__}: {e}")
+            self.log_info(f"Transfers: job {record.id}: {traceback.format_exc()}")
         with self._lock:
             record.fail(self.clock(), code, message, details)
+            return self._will_clean(record, "failure")
+
+    def _will_clean(self, record: JobRecord, reason: str) -> str:
+        """Called with the lock held, as the job reaches the state that needs this cleanup: until the
+        cleanup has run, a resubmit of the job waits (see ``_next_pending``)."""
+        self._cleaning[record.id] = self._cleaning.get(record.id, 0) + 1
+        return reason
 
     def _cleanup(self, record: JobRecord, reason: str) -> None:
         try:
@@ -419,22 +435,18 @@ class JobEngine:
         except Exception as e:  # noqa: BLE001 - reported, and the engine goes on
             self.log_error(f"Transfers: cleanup of job {record.id} ({reason}) failed: {e}")
 
-    def _cleanup_async(self, record: JobRecord, reason: str) -> None:
-        with self._lock:
-            self._cleaning[record.id] = self._cleaning.get(record.id, 0) + 1
-
-        def run() -> None:
-            try:
-                self._cleanup(record, reason)
-            finally:
-                with self._lock:
-                    self._cleaning[record.id] -= 1
-                    if not self._cleaning[record.id]:
-                        del self._cleaning[record.id]
-                self._trim_history()
-                self._save()
-
-        threading.Thread(target=run, daemon=True, name=f"transfers-cleanup-{record.id[:8]}").start()
+    def _cleanup_then_trim(self, record: JobRecord, reason: str) -> None:
+        """Runs a cleanup announced by ``_will_clean``, then lets a waiting resubmit start."""
+        try:
+            self._cleanup(record, reason)
+        finally:
+            with self._lock:
+                self._cleaning[record.id] -= 1
+                if not self._cleaning[record.id]:
+                    del self._cleaning[record.id]
+                self._wake.notify_all()
+            self._trim_history()
+            self._save()
 
     def _trim_history(self) -> None:
         with self._lock:

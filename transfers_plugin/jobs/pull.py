@@ -20,29 +20,52 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from .. import codec as codecs
 from ..commitment import CommitmentError
 from ..config import PeerConfig, TransfersConfig
-from ..download_area import DownloadArea, instances_of
-from ..errors import BadRequest, CorruptedFile, NetworkProtocol, NotFound, OrthancUnavailable, TransfersError
+from ..download_area import DownloadArea, free_space, instances_of
+from ..errors import (
+    BadRequest,
+    CorruptedFile,
+    DiskError,
+    InsufficientStorage,
+    NetworkProtocol,
+    NotFound,
+    OrthancUnavailable,
+    TransfersError,
+)
 from ..importer import import_instances, rollback
 from ..journal import created_since, last_change
 from ..planner import balance_last_round, chunks_uri, pull_buckets
-from ..protocol import Bucket, InstanceInfo, TransferQuery, dumps_compact, parse_json_body, round_mb
+from ..protocol import (
+    DEFAULT_LIMITS,
+    MB,
+    Bucket,
+    InstanceInfo,
+    Limits,
+    TransferQuery,
+    check_count,
+    dumps_compact,
+    round_mb,
+    shown,
+)
 from ..transport import (
+    ERROR_BODY_LIMIT,
     AnswerTail,
     HttpAnswer,
     PeerError,
     PeerTransport,
     as_transfer_error,
     check_answer,
+    read_body,
     transfer_headers,
 )
 from ..workers import Place, run_pool
-from .engine import JobContext
+from .engine import JobContext, JobStopped
 from .model import JobRecord
 
 JOB_TYPE = "PullTransfer"
 # What the resume state keeps of a commit in progress; forgotten once the commit is rolled back.
 COMMIT_PROGRESS = ("Imported", "Created", "CommitSince")
 STREAM_PIECE = 128 * 1024
+STOP_GRACE = 1.0  # seconds a stop waits for the workers before leaving those blocked on a peer
 
 
 def progress(completed: int, scheduled: int) -> float:
@@ -109,6 +132,7 @@ class PullJobType:
 
         if "Instances" not in state:
             instances = self.lookup(ctx, query, peer)
+            check_room(self.download_root, instances)
             ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=self.config.bucket_size_kb,
                                     DoneBuckets=[], Verified=[], DownloadedBytes=0, Imported=[], Created=[])
             ctx.save_now()
@@ -129,7 +153,14 @@ class PullJobType:
             forget_damaged(ctx, area, buckets, self.log_warning)
         t0 = time.monotonic()
         if len(state["Verified"]) < len(instances):
-            self.download(ctx, query, peer, instances, buckets, area)
+            try:
+                self.download(ctx, query, peer, instances, buckets, area)
+            except (JobStopped, OrthancUnavailable):
+                raise
+            except Exception:
+                if ctx.stop_reason is None:  # a failure, not a pause or a shutdown met by the download
+                    self.leave_only_verified(ctx, area, buckets)
+                raise
         t1 = time.monotonic()
         self.commit(ctx, instances, area)
         self.log_info(f"Transfers: job {ctx.id}: {len(buckets)} buckets downloaded and verified in {t1 - t0:.2f} s, "
@@ -139,10 +170,10 @@ class PullJobType:
         body = dumps_compact([r.to_json() for r in query.resources])
         answer = self.transport.call(peer, "POST", "/transfers/lookup", body=body, stop_event=ctx.stop_event,
                                      headers=transfer_headers(query.sender_transfer_id, "application/json"),
-                                     expect_json=True)
+                                     expect_json=True, abandon_on_stop=True)
         ctx.check()
         try:
-            return parse_lookup_answer(answer.content, query.originator, peer)
+            return parse_lookup_answer(answer.document, query.originator, peer, self.config.limits)
         except BadRequest as e:
             raise NetworkProtocol(f"Peer {peer.name!r} gave a bad lookup answer: {e.message}") from None
 
@@ -173,8 +204,10 @@ class PullJobType:
         moved_this_run = [0]
         codec = codecs.get_codec(query.compression)
 
-        def publish() -> None:
+        def publish(final: bool = False) -> None:
             with lock:
+                if ctx.stop_event.is_set() and not final:
+                    return  # a worker left behind by a stop (see run_pool's abandon_after) changes nothing
                 ctx.update_resume_state(DoneBuckets=sorted(done), Verified=sorted(verified),
                                         DownloadedBytes=downloaded[0])
                 ctx.update_content(CompletedHttpQueries=len(done), DownloadedSizeMB=round_mb(downloaded[0]),
@@ -213,8 +246,8 @@ class PullJobType:
             response = self.transport.stream(peer, uri)
             try:
                 if response.status_code != 200:
-                    raise check_answer(peer, "GET", uri,
-                                       HttpAnswer(response.status_code, response.headers, response.content), False)
+                    content = read_body(response, ERROR_BODY_LIMIT, peer, f"GET {uri}")
+                    raise check_answer(peer, "GET", uri, HttpAnswer(response.status_code, response.headers, content))
                 tail = AnswerTail(response.headers.get("Content-Length"), time.monotonic() - asked)
                 writer = area.writer(bucket, skip)
                 decoder = codec.decoder(bucket.total_size)
@@ -237,13 +270,15 @@ class PullJobType:
                     raise NetworkProtocol(f"Bucket {index} from peer {peer.name!r} has {writer.position} bytes "
                                           f"instead of {bucket.total_size}")
             except TransfersError as e:
-                if isinstance(e, (PeerError, CorruptedFile)):
+                if isinstance(e, (PeerError, CorruptedFile, DiskError)):
                     raise
                 raise NetworkProtocol(f"Bucket {index} from peer {peer.name!r} ({peer.url}) is damaged: {e.message}"
                                       ) from None
             finally:
                 response.close()
             with lock:
+                if ctx.stop_event.is_set():
+                    return  # stopped meanwhile: this bucket is fetched again if the job goes on
                 downloaded[0] += received
                 moved_this_run[0] += received
                 last_completion[0] = time.monotonic()
@@ -280,14 +315,15 @@ class PullJobType:
 
         if pending_check:
             check_instances(pending_check)
-        publish()
+        publish(final=True)
         failures: List[BaseException] = []
         while not work.empty() and not failures:
-            # Buckets put back by a failed MD5 check after the workers ended: go round again.
+            # Buckets put back by a failed MD5 check after the workers ended: go round again. A stop does not
+            # wait more than a second for workers blocked on a peer that stalls.
             failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-pull-{ctx.id[:8]}",
-                                overlap=True)
+                                overlap=True, abandon_after=STOP_GRACE)
             ctx.check()
-        publish()
+        publish(final=True)
         if failures:
             raise failures[0]
         ctx.check()
@@ -345,29 +381,72 @@ class PullJobType:
     # -- end of the job ------------------------------------------------------------------------------
 
     def cleanup(self, record: JobRecord, reason: str) -> None:
+        """Success, cancel, or the job leaving the history: its download area goes. (A failure keeps what a
+        resubmit reuses: see :meth:`keep_verified`.)"""
+        if reason not in ("success", "canceled", "discarded"):
+            return
         instances = [InstanceInfo.from_json(i) for i in record.resume_state.get("Instances", [])]
-        area = self.area_for(record, instances)
         if reason == "canceled":
             self.rollback(record)
-        if reason in ("success", "canceled", "discarded"):
-            area.remove()
+        try:
+            self.area_for(record, instances).remove()
+        finally:
             # Nothing of it is needed any more, and every save of the jobs writes it (a finished job stays
             # in the history): its instance lists would make each save as large as the transfers. A new
             # dict, never a change in place: the engine may be copying the old one to save it.
             record.resume_state = {}
 
+    def leave_only_verified(self, ctx: JobContext, area: DownloadArea, buckets: List[Bucket]) -> None:
+        try:
+            self.keep_verified(ctx, area, buckets)
+        except TransfersError as e:
+            self.log_warning(f"Transfers: job {ctx.id}: the partial files of the failed download could not be "
+                             f"deleted: {e}")
 
-def parse_lookup_answer(body: bytes, expected_originator: Optional[str], peer: PeerConfig) -> List[InstanceInfo]:
-    answer = parse_json_body(body, "lookup answer")
+    def keep_verified(self, ctx: JobContext, area: DownloadArea, buckets: List[Bucket]) -> None:
+        """A download failed: the files of instances not verified (partial, or never checked) are deleted
+        and the buckets that carried them count as not done, so that a resubmit fetches them again and
+        reuses the rest; with nothing verified, the whole folder goes."""
+        state = ctx.resume_state
+        verified = set(state.get("Verified", []))
+        if not verified:
+            area.remove()
+            ctx.update_resume_state(DoneBuckets=[], Verified=[])
+            return
+        partial = area.files() - verified
+        area.forget(partial)
+        carried = instances_of(buckets)
+        ctx.update_resume_state(DoneBuckets=[index for index in state.get("DoneBuckets", [])
+                                             if carried.get(index, set()) <= verified])
+        if partial:
+            self.log_info(f"Transfers: job {ctx.id}: {len(partial)} partial file(s) deleted; {len(verified)} "
+                          f"verified instance(s) kept for a resubmit")
+
+
+def parse_lookup_answer(answer: Any, expected_originator: Optional[str], peer: PeerConfig,
+                        limits: Limits = DEFAULT_LIMITS) -> List[InstanceInfo]:
+    """The instances of a source's lookup answer (already parsed within the limits), each ID in Orthanc's
+    format, each once, at most ``limits.max_instances`` of them."""
     if not isinstance(answer, dict) or not isinstance(answer.get("Instances"), list) \
             or not isinstance(answer.get("Originator"), str):
         raise BadRequest("the answer needs an Instances array and an Originator string")
     if expected_originator is not None and answer["Originator"] != expected_originator:
-        raise BadRequest(f"invalid originator {answer['Originator']!r}, expected {expected_originator!r}: "
+        raise BadRequest(f"invalid originator {shown(answer['Originator'])}, expected {expected_originator!r}: "
                          f"peer {peer.name!r} is not the server that asked for this transfer")
+    check_count(len(answer["Instances"]), "instances in the lookup answer", limits)
     instances = [InstanceInfo.from_json(x, f"Instances[{n}]") for n, x in enumerate(answer["Instances"])]
     ids = [i.id for i in instances]
     if len(set(ids)) != len(ids):
         raise BadRequest("an instance is listed twice")
     return sorted(instances, key=lambda i: i.id)
 
+
+def check_room(download_root: Path, instances: List[InstanceInfo]) -> None:
+    """Fails a pull at once, before any file is created, when its instances do not fit in the free space
+    of the download area's disk."""
+    needed = sum(i.size for i in instances)
+    free = free_space(download_root)
+    if needed > free:
+        raise InsufficientStorage(f"The download area {download_root} has {free // MB} MB free, and this transfer "
+                                  f"needs {(needed + MB - 1) // MB} MB: free some space on its disk, or set "
+                                  f"Transfers.DownloadArea to a folder on a larger one")

@@ -23,15 +23,27 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 from ..config import PeerConfig, TransfersConfig
 from ..errors import NetworkProtocol, NotFound, TransfersError
 from ..planner import balance_last_round, push_buckets
-from ..protocol import Bucket, InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, parse_json_body, round_mb
+from ..protocol import PEER_ID, Bucket, InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, round_mb
 from ..transport import PeerError, PeerTransport, StoppableBody, as_transfer_error, transfer_headers
 from ..workers import Place, Prefetcher, run_pool
 from .engine import JobContext
 from .model import JobRecord
-from .pull import network_speed_kbs, progress
+from .pull import STOP_GRACE, network_speed_kbs, progress
 
 JOB_TYPE = "PushTransfer"
 BUSY_WAIT = 3.0  # seconds between two creation attempts while the receiver is full
+
+
+class TransactionLost(PeerError):
+    """The receiver answers 404 for the job's transaction: it restarted, or discarded it (idle, evicted, a
+    disk failure). The job opens a new one, once per run."""
+
+
+def lost_if_unknown(error: Exception, peer: PeerConfig, path: str) -> Exception:
+    if isinstance(error, PeerError) and error.http_status == 404:
+        return TransactionLost(f"Peer {peer.name!r} does not know the push transaction {path} any more "
+                               f"(restarted, or the transaction was discarded)", 404, retryable=False)
+    return error
 
 
 class PushJobType:
@@ -56,7 +68,7 @@ class PushJobType:
                            Compression=query.compression)
         state = ctx.resume_state
         if "Instances" not in state:
-            instances = self.source.lookup(query.resources)
+            instances = self.source.lookup(query.resources, self.config.limits)
             ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=self.config.bucket_size_kb,
                                     PlanThreads=self.config.threads, DoneBuckets=[], UploadedBytes=0)
         instances = [InstanceInfo.from_json(i) for i in state["Instances"]]
@@ -66,6 +78,21 @@ class PushJobType:
         buckets = [b for _, b in balance_last_round(planned, (), state.get("PlanThreads", 1))]
         ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(sum(i.size for i in instances)))
         descriptor = PushDescriptor(tuple(instances), tuple(buckets), query.compression)
+        for attempt in (1, 2):
+            try:
+                self.send(ctx, query, peer, descriptor)
+                return
+            except TransactionLost as e:
+                if attempt == 2:
+                    raise
+                # The receiver restarted, or dropped the transaction: a new one, with every bucket, at once.
+                self.log_warning(f"Transfers: job {ctx.id}: {e.message}; opening a new one")
+                ctx.drop_resume_state("Transaction", "Cookie")
+
+    def send(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, descriptor: PushDescriptor) -> None:
+        """Creates the transaction unless the resume state has one, uploads the buckets not done yet, commits."""
+        state = ctx.resume_state
+        buckets = descriptor.buckets
         new = "Transaction" not in state
         done = set() if new else set(state.get("DoneBuckets", []))
         todo = [index for index in range(len(buckets)) if index not in done]
@@ -90,7 +117,8 @@ class PushJobType:
             try:
                 answer = self.transport.call(peer, "POST", "/transfers/push", body=body, expect_json=True,
                                              headers=self.headers(query, {}, "application/json"),
-                                             timeout=self.config.peer_commit_timeout, stop_event=ctx.stop_event)
+                                             timeout=self.config.peer_commit_timeout, stop_event=ctx.stop_event,
+                                             abandon_on_stop=True)
                 break
             except PeerError as e:
                 if e.http_status != 503 or time.monotonic() > deadline:
@@ -99,11 +127,13 @@ class PushJobType:
                                  f"in {BUSY_WAIT} s")
                 ctx.wait(BUSY_WAIT)
         ctx.check()
-        created = parse_json_body(answer.content, "push creation answer")
-        path = created.get("Path") if isinstance(created, dict) else None
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise NetworkProtocol(f"Peer {peer.name!r} answered the push creation without a valid Path")
-        ctx.update_resume_state(Transaction=path, Cookie="; ".join(answer.cookies), DoneBuckets=[], UploadedBytes=0)
+        created = answer.document
+        tid = created.get("ID") if isinstance(created, dict) else None
+        if not (isinstance(tid, str) and PEER_ID.fullmatch(tid) and created.get("Path") == f"/transfers/push/{tid}"):
+            raise NetworkProtocol(f"Peer {peer.name!r} answered the push creation without a transaction ID and its "
+                                  f"Path (/transfers/push/<ID>)")
+        ctx.update_resume_state(Transaction=f"/transfers/push/{tid}", Cookie="; ".join(answer.cookies),
+                                DoneBuckets=[], UploadedBytes=0)
         ctx.save_now()
 
     def prefetch_bodies(self, query: TransferQuery, buckets: Sequence[Bucket], todo: List[int],
@@ -157,11 +187,7 @@ class PushJobType:
             except Exception as e:  # noqa: BLE001 - reported as the job's failure, unless asked to stop
                 if ctx.stop_event.is_set():
                     return
-                error = as_transfer_error(peer, e)
-                if isinstance(error, PeerError) and error.http_status == 404:
-                    error = PeerError(f"Peer {peer.name!r} does not know the push transaction {path} any more "
-                                      f"(restarted, or the transaction was evicted)", 404, retryable=False)
-                raise error from None
+                raise lost_if_unknown(as_transfer_error(peer, e), peer, path) from None
             with lock:
                 if ended[0]:
                     return  # the job stopped meanwhile: this bucket is sent again if it goes on
@@ -176,7 +202,7 @@ class PushJobType:
         # A stop or a failure does not wait for the PUTs that only wait for their answers: with a large send
         # buffer on a slow link, that could take long after a pause or a cancel.
         failures = run_pool(work, self.config.threads, handle, ctx.stop_event, f"transfers-push-{ctx.id[:8]}",
-                            overlap=True, wait_released=False)
+                            overlap=True, wait_released=False, abandon_after=STOP_GRACE)
         with lock:
             ended[0] = True
             publish()
@@ -186,9 +212,12 @@ class PushJobType:
 
     def commit(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig) -> None:
         state = ctx.resume_state
-        self.transport.call(peer, "POST", f"{state['Transaction']}/commit", body=b"",
-                            headers=self.headers(query, state, None), timeout=self.config.peer_commit_timeout,
-                            stop_event=ctx.stop_event)
+        path = state["Transaction"]
+        try:
+            self.transport.call(peer, "POST", f"{path}/commit", body=b"", headers=self.headers(query, state, None),
+                                timeout=self.config.peer_commit_timeout, stop_event=ctx.stop_event)
+        except PeerError as e:
+            raise lost_if_unknown(e, peer, path) from None
         ctx.update_resume_state(Committed=True)
 
     def cleanup(self, record: JobRecord, reason: str) -> None:
