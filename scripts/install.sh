@@ -10,7 +10,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need_apt=0
-PACKAGES="orthanc orthanc-python python3-requests python3-venv chromium"
+PACKAGES="orthanc orthanc-python python3-requests python3-venv chromium nginx openssl"
 for pkg in $PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt=1
 done

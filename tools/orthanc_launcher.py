@@ -182,6 +182,21 @@ class OrthancServer:
     def instances(self) -> List[str]:
         return self.get_json("/instances")
 
+    @property
+    def download_area(self) -> Path:
+        """The plugin's download area: ``Transfers.DownloadArea``, else ``StorageDirectory/transfers-tmp``."""
+        configured = (self.transfers or {}).get("DownloadArea")
+        return Path(configured) if configured else self.workdir / "storage" / "transfers-tmp"
+
+    def answers(self) -> bool:
+        """The process runs and answers ``GET /system``."""
+        if not self.running:
+            return False
+        try:
+            return self.get("/system", timeout=10).status_code == 200
+        except requests.RequestException:
+            return False
+
     def peer_entry(self, **properties: Any) -> Dict[str, Any]:
         """This server as an ``OrthancPeers`` entry of another server."""
         entry: Dict[str, Any] = {"Url": self.url + "/"}

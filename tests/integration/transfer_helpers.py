@@ -2,7 +2,8 @@
 
 import hashlib
 import time
-from typing import Dict, Iterable
+from pathlib import Path
+from typing import Dict, Iterable, List
 
 from tools.synthetic import generate_study
 
@@ -61,3 +62,22 @@ def pull(server, peer: str, resources, compression: str = "gzip", priority: int 
     body = r.json()
     assert set(body) == {"ID", "Path"} and body["Path"] == f"/jobs/{body['ID']}"
     return body["ID"]
+
+
+def area_files(server) -> List[Path]:
+    """Every file below the server's download area (its transfers' folders included)."""
+    root = server.download_area
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+
+
+def assert_area_empty(server, timeout: float = 10.0) -> None:
+    """Nothing is left in the download area (waiting a little for a cleanup running after the job's end)."""
+    deadline = time.monotonic() + timeout
+    while area_files(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert area_files(server) == [], f"files left in the download area of {server.name}"
+
+
+def assert_alive(server) -> None:
+    """The Orthanc process still runs and answers."""
+    assert server.answers(), f"Orthanc {server.name} does not answer any more:\n{server.log_tail(60)}"
