@@ -134,6 +134,18 @@ def assert_each_stored_once(server, expected: int) -> None:
     assert twice == {}, f"instances stored more than once at {server.name}: {twice}"
 
 
+def assert_clean_success(job, target, files, *servers) -> None:
+    """A transfer that went through: every instance once and byte for byte at the target, the download areas
+    empty, every server still answering, no stray ``*.dcm``."""
+    assert job["State"] == "Success", job
+    assert_same_instances(target, files)
+    assert_each_stored_once(target, len(files))
+    for server in servers:
+        assert_area_empty(server)
+        assert_alive(server)
+    assert_no_stray_dcm(*servers)
+
+
 class Checks:
     """Independent checks of one outcome, all run, reported together (one finding does not hide another)."""
 
@@ -471,14 +483,7 @@ def test_source_killed_mid_pull_then_resubmit(factory):
         source.start()  # same storage, same port behind the proxy
         proxy.set_rate(None)
         assert target.post(f"/jobs/{job_id}/resubmit").status_code == 200
-        job = wait_job(target, job_id, timeout=60)
-        assert job["State"] == "Success", job
-        assert_same_instances(target, files)
-        assert_each_stored_once(target, len(files))
-        assert_area_empty(target)
-        for server in (source, target):
-            assert_alive(server)
-        assert_no_stray_dcm(source, target)
+        assert_clean_success(wait_job(target, job_id, timeout=60), target, files, source, target)
     finally:
         proxy.stop()
 
@@ -519,14 +524,8 @@ def test_connection_resets_during_a_pull(factory, reset_source):
         job_id = pull(target, "src", study_resources(study), "none")
         cut_twice(proxy, target, job_id)
         job = wait_job(target, job_id, timeout=60)
-        assert job["State"] == "Success", job
         assert job["Content"]["CompletedHttpQueries"] < 16 * 2, "the study did not go through in one piece"
-        assert_same_instances(target, files)
-        assert_each_stored_once(target, len(files))
-        assert_area_empty(target)
-        for server in (source, target):
-            assert_alive(server)
-        assert_no_stray_dcm(source, target)
+        assert_clean_success(job, target, files, source, target)
     finally:
         proxy.stop()
 
@@ -540,15 +539,7 @@ def test_connection_resets_during_a_push(factory, reset_source):
     try:
         job_id = send(source, "receiver", study_resources(study), "none")
         cut_twice(proxy, source, job_id)
-        job = wait_job(source, job_id, timeout=60)
-        assert job["State"] == "Success", job
-        assert_same_instances(receiver, files)
-        assert_each_stored_once(receiver, len(files))
-        assert_area_empty(receiver)
-        assert_area_empty(source)
-        for server in (source, receiver):
-            assert_alive(server)
-        assert_no_stray_dcm(source, receiver)
+        assert_clean_success(wait_job(source, job_id, timeout=60), receiver, files, source, receiver)
     finally:
         proxy.stop()
 

@@ -213,16 +213,19 @@ def kill_and_restart_mid_push(a, b, n: int, seed: int):
     assert len(folders) == 1 and any(folders[0].iterdir())
     b.kill()
     b.start()  # at once, as a supervisor does: within about a second of the kill
+    return files, job_id, folders[0]
+
+
+def assert_gone(folder: Path) -> None:
     deadline = time.monotonic() + 10
-    while folders[0].exists() and time.monotonic() < deadline:
+    while folder.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not folders[0].exists(), "the folder of the transaction killed with the receiver stays"
-    return files, job_id
+    assert not folder.exists(), "the folder of the transaction killed with the receiver stays"
 
 
 def test_receiver_killed_mid_push_then_resubmitted_at_once(push_through_proxy):
     a, b, proxy = push_through_proxy(retries=0)
-    files, job_id = kill_and_restart_mid_push(a, b, 30, 31)
+    files, job_id, killed = kill_and_restart_mid_push(a, b, 30, 31)
     job = wait_job(a, job_id)
     assert_clean_failure(job, "'b'")
     proxy.set_upstream_rate(None)
@@ -231,18 +234,20 @@ def test_receiver_killed_mid_push_then_resubmitted_at_once(push_through_proxy):
     assert job["State"] == "Success", job
     assert_same_instances(b, files)
     assert all(n == 1 for n in new_instance_changes(b).values())
+    assert_gone(killed)
     assert_area_empty(b)
     assert_area_empty(a)
 
 
 def test_receiver_killed_mid_push_with_retries_opens_a_new_transaction_by_itself(push_through_proxy):
     a, b, proxy = push_through_proxy(retries=3)
-    files, job_id = kill_and_restart_mid_push(a, b, 30, 32)
+    files, job_id, killed = kill_and_restart_mid_push(a, b, 30, 32)
     proxy.set_upstream_rate(None)
     job = wait_job(a, job_id)
     assert job["State"] == "Success", job
     assert "does not know the push transaction" in a.log_text() and "opening a new one" in a.log_text()
     assert_same_instances(b, files)
+    assert_gone(killed)
     assert_area_empty(b)
 
 
