@@ -11,7 +11,7 @@ known, exactly that many bytes, without ever inflating more than one byte past i
 """
 
 import zlib
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from .errors import BadRequest, ParameterOutOfRange
 
@@ -47,6 +47,13 @@ class Decoder:
 
     def finish(self) -> bytes:
         raise NotImplementedError
+
+    def pieces(self, data: bytes, step: int) -> Iterator[bytes]:
+        """``data`` decoded, then :meth:`finish`ed, as pieces of at most ``step`` bytes: a small compressed
+        body never becomes a large buffer at once (a gzip bomb costs ``step`` bytes of memory)."""
+        out = memoryview(self.update(data) + self.finish())
+        for position in range(0, len(out), step):
+            yield out[position:position + step]
 
 
 class Codec:
@@ -182,6 +189,31 @@ class _GzipDecoder(Decoder):
             raise PayloadSizeError(f"The gzip payload inflates to {self._produced} bytes"
                                    f" instead of the expected {self._expected}")
         return b""
+
+    def pieces(self, data: bytes, step: int) -> Iterator[bytes]:
+        remaining = data
+        while True:
+            if self._decompressor.eof:
+                if remaining:
+                    raise self._trailing_error(bytes(remaining))
+                break
+            limit = step if self._expected is None else min(step, self._expected - self._produced + 1)
+            try:
+                out = self._decompressor.decompress(remaining, limit)
+            except zlib.error as e:
+                raise CodecError(f"The payload is not a valid gzip stream: {e}") from None
+            self._consumed += len(remaining) - len(self._decompressor.unconsumed_tail)
+            self._produced += len(out)
+            if self._expected is not None and self._produced > self._expected:
+                raise PayloadSizeError(f"The gzip payload inflates to more than the expected {self._expected} bytes")
+            if self._decompressor.unused_data:
+                raise self._trailing_error(self._decompressor.unused_data)
+            if out:
+                yield out
+            before, remaining = len(remaining), self._decompressor.unconsumed_tail
+            if not out and (not remaining or len(remaining) == before):  # nothing more comes out of it
+                break
+        self.finish()
 
     @staticmethod
     def _trailing_error(extra: bytes) -> CodecError:

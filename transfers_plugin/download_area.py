@@ -139,10 +139,17 @@ class DownloadArea:
                                           f"of the instance ({info.size} bytes)")
         return BucketWriter(self, bucket, skip or set())
 
-    def write_bucket(self, bucket: Bucket, payload: bytes, skip: Optional[Set[str]] = None) -> None:
+    def write_bucket(self, bucket: Bucket, pieces: Iterable[bytes], skip: Optional[Set[str]] = None) -> None:
+        """Writes a bucket's payload, given as one bytes object or as pieces of it; its files are closed
+        whatever happens (a full disk is freed once they are deleted)."""
         w = self.writer(bucket, skip)
-        w.write(payload)
-        w.close()
+        done = False
+        try:
+            for piece in ([pieces] if isinstance(pieces, (bytes, bytearray, memoryview)) else pieces):
+                w.write(piece)
+            done = True
+        finally:
+            w.close(complete=done)
 
     def verify(self, instance_id: str) -> None:
         """Raises CommitmentError unless the file has the announced size and MD5 (computed while the

@@ -168,10 +168,16 @@ class OrthancApi:
         arguments are measured once the SDK is done with them (:mod:`sdk_leaks`)."""
         uri = f"/transfers/probe-{uuid.uuid4()}"
         captured: List[Dict[str, Any]] = []
+        measured = threading.Event()  # from then on the route keeps nothing, and gives back what leaks
 
         def callback(output: Any, uri: str, **request: Any) -> None:
-            captured.append(dict(request))
-            output.AnswerBuffer(b"{}", "application/json")
+            try:
+                if not measured.is_set():
+                    captured.append(dict(request))
+                output.AnswerBuffer(b"{}", "application/json")
+            finally:
+                if measured.is_set():
+                    self.leaks.release(request)
 
         self.orthanc.RegisterRestCallback(uri + "/(probe)", callback)
 
@@ -180,6 +186,8 @@ class OrthancApi:
                 self.orthanc.RestApiGetAfterPlugins(f"{uri}/probe?argument=value")
                 self.orthanc.RestApiPostAfterPlugins(f"{uri}/probe", b"a probe body")
             except Exception as e:  # noqa: BLE001 - without a measure, nothing is given back
+                measured.set()
+                captured.clear()
                 self.log_warning(f"Transfers: the probe of the Python plugin's references failed: {e}")
                 return
             extra: Dict[str, List[int]] = {}
@@ -187,6 +195,7 @@ class OrthancApi:
                 for kind, counts in sdk_leaks.extra_references(request).items():
                     extra.setdefault(kind, []).extend(counts)
             captured.clear()
+            measured.set()
             found = sdk_leaks.verdict(extra)
             if found:
                 self.leaks.enable()

@@ -50,6 +50,7 @@ MAX_UINT64 = 2**64 - 1
 # on the small C stack of an Orthanc HTTP thread about 550 levels crash the whole process. Our documents
 # are 4 levels deep; each pass of check_json_shape removes at least one level.
 MAX_JSON_DEPTH = 32
+MAX_RESOURCE_EXTRA = 1024  # characters of the keys of a Resources item beyond Level and ID, as JSON
 # A string, or what is left of the body after an unterminated one: the match never fails once started, so
 # the scan stays linear whatever the quotes and backslashes.
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
@@ -101,11 +102,28 @@ def parse_json_body(body: bytes, what: str = "request body", limits: Limits = DE
     if len(body) > limits.max_json_bytes:
         raise PayloadTooLarge(f"The {what} has {len(body)} bytes, more than the {limits.max_json_bytes // MB} MB "
                               f"accepted (Transfers.MaxJsonBodySize)")
+    # Bounds the work of check_json_shape (about 300 ns per string): at most what a descriptor of
+    # max_instances instances, as many chunks and buckets holds, whatever else fills the body.
+    strings, containers = body.count(b'"') // 2, body.count(b"[") + body.count(b"{")
+    if strings > 20 * limits.max_instances + 4096 or containers > 8 * limits.max_instances + 4096:
+        raise PayloadTooLarge(f"The {what} holds {strings} strings and {containers} arrays and objects, more than a "
+                              f"transfer of {limits.max_instances} instances needs (Transfers.MaxTransferInstances)")
     check_json_shape(body, what)
     try:
-        return json.loads(body.decode("utf-8"))
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BadJson(f"The {what} is not valid JSON: {e}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is too large")
+    return value
 
 
 def parse_decimal(value: Any, what: str, maximum: int = MAX_UINT64) -> int:
@@ -200,6 +218,10 @@ class Resource:
         level = parse_level(_require(item, "Level", str, where))
         rid = _require(item, "ID", str, where)
         extra = tuple((k, v) for k, v in item.items() if k not in ("Level", "ID"))
+        if extra and len(json.dumps(dict(extra))) > MAX_RESOURCE_EXTRA:
+            # kept with the job, saved with it every second and shown in /jobs: bounded
+            raise PayloadTooLarge(f"{where}: its keys other than Level and ID take more than "
+                                  f"{MAX_RESOURCE_EXTRA} characters")
         return cls(level, rid, extra)
 
     def to_json(self) -> Dict[str, Any]:

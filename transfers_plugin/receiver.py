@@ -32,6 +32,7 @@ from .errors import (
     NotFound,
     OrthancUnavailable,
     ParameterOutOfRange,
+    TransfersError,
     Unavailable,
 )
 from .importer import import_instances, rollback
@@ -40,6 +41,7 @@ from .protocol import MB, MD5_HEX, PushDescriptor
 
 IDLE_EVICTION = 30.0  # seconds without a bucket after which a transaction may give its place
 REMEMBERED_COMMITS = 1000
+DECODE_STEP = 1024 * 1024  # the largest piece of a bucket held in memory while it is written
 FOLDER_PREFIX = "push-"  # a transaction's folder in the download area: push-<transaction ID>
 
 
@@ -90,6 +92,7 @@ class Transaction:
         self.writers = 0  # PUTs writing right now
         self.committing = False
         self.closed = False  # discarded, evicted or committed: nothing more is written
+        self.failure: Optional[TransfersError] = None  # why it was discarded, when a disk error did it
         self.lock = threading.Condition()
 
 
@@ -113,6 +116,9 @@ class PushReceiver:
         self._lock = threading.Lock()
         self._transactions: "OrderedDict[str, Transaction]" = OrderedDict()
         self._committed: "OrderedDict[str, bool]" = OrderedDict()
+        # Transactions discarded by a disk error, and the error: what their sender sends next gets it (not a
+        # 404, which the sender would take for a receiver that restarted).
+        self._failed: "OrderedDict[str, TransfersError]" = OrderedDict()
         self.created_count = 0
         self.committed_count = 0
         self.aborted_count = 0
@@ -123,6 +129,8 @@ class PushReceiver:
         with self._lock:
             t = self._transactions.get(tid)
             if t is None:
+                if tid in self._failed:
+                    raise self._failed[tid]
                 raise NotFound(f"Unknown push transaction {tid}")
             t.last_used = self.clock()
             self._transactions.move_to_end(tid)
@@ -149,12 +157,12 @@ class PushReceiver:
         with self._lock:
             return folder_name.startswith(FOLDER_PREFIX) and folder_name[len(FOLDER_PREFIX):] in self._transactions
 
-    def _check_room(self, needed: int) -> None:
+    def _check_room(self, needed: int, free: int, evicted: Optional[Transaction]) -> None:
         """Refuses a transaction the download area cannot hold: 507 if it does not fit in the free space at
-        all, 503 (ask again later) if it fits only once the transactions in progress are done."""
-        free = self.free_space(self.download_root)
-        with self._lock:
-            promised = sum(max(0, t.total - t.written) for t in self._transactions.values())
+        all, 503 (ask again later) if it fits only once the transactions in progress are done. Called with
+        the table's lock held, in the critical section that adds the transaction (two pushes cannot both be
+        given the same free space)."""
+        promised = sum(max(0, t.total - t.written) for t in self._transactions.values() if t is not evicted)
         if needed > free:
             raise InsufficientStorage(f"The download area {self.download_root} has {free // MB} MB free, and this "
                                       f"push needs {(needed + MB - 1) // MB} MB: free some space on its disk, or "
@@ -168,7 +176,8 @@ class PushReceiver:
         validate_descriptor(descriptor)
         codecs.get_codec(descriptor.compression)
         self.expire_idle()
-        self._check_room(sum(i.size for i in descriptor.instances))
+        needed = sum(i.size for i in descriptor.instances)
+        free = self.free_space(self.download_root)
         now = self.clock()
         with self._lock:
             evict = None
@@ -179,6 +188,8 @@ class PushReceiver:
                 if evict is None:
                     raise Unavailable(f"Too many push transactions in progress (MaxPushTransactions is "
                                       f"{self.max_transactions}); try again later")
+            self._check_room(needed, free, evict)
+            if evict is not None:
                 self._transactions.pop(evict.id)
                 self.aborted_count += 1
             tid = str(uuid.uuid4())
@@ -204,6 +215,10 @@ class PushReceiver:
         with self._lock:
             if self._transactions.get(t.id) is t:
                 del self._transactions[t.id]
+            if t.failure is not None:
+                self._failed[t.id] = t.failure
+                while len(self._failed) > REMEMBERED_COMMITS:
+                    self._failed.popitem(last=False)
         self._remove_files(t)
 
     def _remove_files(self, t: Transaction) -> None:
@@ -220,14 +235,18 @@ class PushReceiver:
         if index >= len(buckets):
             raise BadRequest(f"Bucket index {index} is out of range: transaction {tid} has {len(buckets)} buckets")
         bucket = buckets[index]
-        payload = codecs.get_codec(t.descriptor.compression).decode(body, bucket.total_size)
+        decoder = codecs.get_codec(t.descriptor.compression).decoder(bucket.total_size)
         with t.lock:
+            if t.failure is not None:
+                raise t.failure
             if t.closed or t.committing:
                 raise Conflict(f"Push transaction {tid} is {'being committed' if t.committing else 'closed'}")
             t.writers += 1
         written = False
         try:
-            t.area.write_bucket(bucket, payload)
+            # Decoded and written piece by piece: a small gzip body that inflates to a huge bucket never sits
+            # in memory. A body that turns out wrong leaves the bucket not received (to be sent again).
+            t.area.write_bucket(bucket, decoder.pieces(body, DECODE_STEP))
             written = True
         except DiskError as e:
             failed = e
@@ -247,6 +266,8 @@ class PushReceiver:
             # others), and its sender is told why; what it sends next is refused as unknown.
             with t.lock:
                 first, t.closed = not t.closed, True
+                if first:
+                    t.failure = failed
             if first:
                 self.log_warning(f"Transfers: push transaction {tid} is discarded: {failed.message}")
                 self._discard(t)
@@ -268,6 +289,8 @@ class PushReceiver:
                 with self._lock:
                     if tid in self._committed:
                         return
+                if t.failure is not None:
+                    raise t.failure
                 raise NotFound(f"Push transaction {tid} was discarded")
             t.committing = True
         try:

@@ -8,10 +8,11 @@ import threading
 from typing import Iterable, List, Optional, Protocol, Sequence, Tuple
 
 from .cache import CachedInstance, InstanceCache
-from .errors import CorruptedFile, ParameterOutOfRange
+from .errors import CorruptedFile, ParameterOutOfRange, PayloadTooLarge
 from .protocol import (
     DEFAULT_LIMITS,
     LEVEL_INSTANCE,
+    MB,
     Bucket,
     ChunkRequest,
     InstanceInfo,
@@ -104,7 +105,7 @@ class Source:
 
     def read(self, request: ChunkRequest) -> bytes:
         """The bytes of a chunks request, before compression (protocol.md R1, exactly)."""
-        return read_range(self.get, request.ids, request.offset, request.size)
+        return read_range(self.get, request.ids, request.offset, request.size, self.cache.capacity)
 
 
 def matches_record(entry: CachedInstance, size: int, md5: Optional[str]) -> bool:
@@ -112,12 +113,14 @@ def matches_record(entry: CachedInstance, size: int, md5: Optional[str]) -> bool
     return entry.size == size and (not md5 or entry.md5 == md5)
 
 
-def read_range(get, ids: Sequence[str], offset: int, size: int) -> bytes:
+def read_range(get, ids: Sequence[str], offset: int, size: int, max_bytes: Optional[int] = None) -> bytes:
     """Concatenates ``ids``' bytes, skips ``offset`` bytes, keeps ``size`` of them (0: all the rest).
 
     ``get(id)`` returns an object with ``data``. An instance is only loaded when bytes of it are needed
     or its size is needed to skip it, as the C++ server does. A ``size`` past the end gives the bytes
-    there are (as the C++ server answers); an ``offset`` at or past the end is refused.
+    there are (as the C++ server answers); an ``offset`` at or past the end is refused. An answer that
+    must be assembled (several instances, or a part of one) is refused beyond ``max_bytes``: an instance
+    listed 300 times in one URL must not make us allocate 300 copies of it.
     """
     parts = []
     produced = 0
@@ -141,4 +144,7 @@ def read_range(get, ids: Sequence[str], offset: int, size: int) -> bytes:
                                   f"({offset - remaining_offset} bytes in all)")
     if len(parts) == 1 and len(parts[0]) == len(parts[0].obj):
         return parts[0].obj
+    if max_bytes is not None and produced > max_bytes:
+        raise PayloadTooLarge(f"The chunks asked for make {produced} bytes, more than the {max_bytes // MB} MB "
+                              f"one answer may hold (Transfers.CacheSize)")
     return b"".join(parts)

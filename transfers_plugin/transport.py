@@ -4,6 +4,7 @@ One ``requests.Session`` per thread and peer keeps connections alive between req
 """
 
 import dataclasses
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -11,7 +12,9 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from .config import PeerConfig, TransfersConfig
 from .errors import BadRequest, NetworkProtocol, TransfersError
-from .protocol import MB, Limits, parse_json_body
+from .protocol import MB, Limits, parse_json_body, shown
+
+_DECIMAL = re.compile(r"[0-9]{1,20}")
 
 # Statuses worth another attempt; any other non-200 answer will not change by asking again.
 RETRYABLE_STATUSES = {408, 429, 500, 502, 503, 504}
@@ -41,12 +44,28 @@ class HttpAnswer:
 ERROR_BODY_LIMIT = 1 * MB  # what is read of a peer's error answer
 
 
+def content_length(headers: Mapping[str, str]) -> Optional[int]:
+    """An answer's Content-Length, None when absent or not a plain decimal number."""
+    value = headers.get("Content-Length")
+    return int(value) if value is not None and _DECIMAL.fullmatch(str(value).strip()) else None
+
+
+def refuse_content_encoding(response: Any, peer: PeerConfig, what: str) -> None:
+    """We ask for ``identity``: an answer compressed anyway would be inflated by the HTTP client before any
+    of our bounds applies (a few hundred bytes of nested gzip make gigabytes), so it is refused."""
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        response.close()
+        raise PeerError(f"Peer {peer.name!r} ({peer.url}) answered {what} with Content-Encoding {shown(encoding)}, "
+                        f"which was not asked for (a proxy compressing answers?)", retryable=False)
+
+
 def read_body(response: Any, limit: int, peer: PeerConfig, what: str) -> bytes:
     """The body of a streamed answer, refused beyond ``limit`` bytes (a peer cannot make us hold more)."""
-    length = response.headers.get("Content-Length")
-    if length is not None and str(length).isdigit() and int(length) > limit:
+    length = content_length(response.headers)
+    if length is not None and length > limit:
         response.close()
-        raise PeerError(f"Peer {peer.name!r} ({peer.url}) answered {what} with {int(length)} bytes, more than "
+        raise PeerError(f"Peer {peer.name!r} ({peer.url}) answered {what} with {length} bytes, more than "
                         f"the {limit // MB} MB accepted (Transfers.MaxJsonBodySize)", retryable=False)
     parts, size = [], 0
     for piece in response.iter_content(256 * 1024):
@@ -119,12 +138,15 @@ class PeerTransport:
         session = self._session(peer)
         for attempt in (0, 1):
             try:
-                return session.request(method, self.url(peer, uri), data=body() if callable(body) else body,
-                                       headers=dict(headers or {}), timeout=timeout, allow_redirects=False,
-                                       stream=stream)
+                response = session.request(method, self.url(peer, uri), data=body() if callable(body) else body,
+                                           headers=dict(headers or {}), timeout=timeout, allow_redirects=False,
+                                           stream=stream)
             except self._requests.ConnectionError as e:
                 if attempt or not is_stale_connection(e):
                     raise
+                continue
+            refuse_content_encoding(response, peer, f"{method} {uri}")
+            return response
         raise AssertionError("unreachable")
 
     def request(self, peer: PeerConfig, method: str, uri: str, *, body: Any = None,
@@ -149,12 +171,13 @@ class PeerTransport:
     def call(self, peer: PeerConfig, method: str, uri: str, *, body: Any = None,
              headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
              retries: Optional[int] = None, stop_event: Any = None, expect_json: bool = False,
-             abandon_on_stop: bool = False) -> HttpAnswer:
+             abandon_on_stop: bool = False, on_abandoned: Optional[Callable[[HttpAnswer], None]] = None
+             ) -> HttpAnswer:
         """A request that must answer 200, tried up to ``1 + retries`` times with a growing delay between
         attempts (1, 2, 4... seconds, at most 10); a set ``stop_event`` ends the waiting at once.
         ``body`` may be a function giving a fresh body for each attempt (a stoppable upload). With
         ``abandon_on_stop``, a set ``stop_event`` also ends the wait for an answer (a peer that stalls): the
-        request goes on in a thread of its own, and its answer is dropped."""
+        request goes on in a thread of its own, and its answer is dropped (given to ``on_abandoned``)."""
         if retries is None:
             retries = self.config.max_http_retries
         error: Optional[PeerError] = None
@@ -163,7 +186,7 @@ class PeerTransport:
                 if abandon_on_stop and stop_event is not None:
                     answer = until_stopped(lambda: self.request(peer, method, uri, body=body, headers=headers,
                                                                 timeout=timeout), stop_event,
-                                           f"{method} {uri} to peer {peer.name!r}")
+                                           f"{method} {uri} to peer {peer.name!r}", on_abandoned=on_abandoned)
                 else:
                     answer = self.request(peer, method, uri, body=body, headers=headers, timeout=timeout)
                 error = check_answer(peer, method, uri, answer)
@@ -194,25 +217,41 @@ class PeerTransport:
         self._local.sessions = {}
 
 
-def until_stopped(fn: Callable[[], Any], stop_event: Any, what: str, poll: float = 0.1) -> Any:
+def until_stopped(fn: Callable[[], Any], stop_event: Any, what: str, poll: float = 0.1,
+                  on_abandoned: Optional[Callable[[Any], None]] = None) -> Any:
     """``fn()``, run in a daemon thread while the caller waits for it or for ``stop_event``, whichever comes
     first; when the stop comes first, raises a ``PeerError`` and leaves ``fn`` to end on its own (a blocked
-    read ends at its timeout) with its result unused."""
+    read ends at its timeout); if it then succeeds, ``on_abandoned(result)`` undoes what it did (a push
+    transaction created for nobody), in that thread."""
     box: Dict[str, Any] = {}
     done = threading.Event()
+    lock = threading.Lock()  # the result and the abandon are decided one at a time
 
     def run() -> None:
         try:
-            box["value"] = fn()
+            value = fn()
         except BaseException as e:  # noqa: BLE001 - handed to the caller
-            box["error"] = e
-        finally:
+            with lock:
+                box["error"] = e
+                done.set()
+            return
+        with lock:
+            box["value"] = value
             done.set()
+            late = box.get("abandoned", False)
+        if late and on_abandoned is not None:
+            try:
+                on_abandoned(value)
+            except Exception:  # noqa: BLE001 - best effort: the receiver's idle expiry is the fallback
+                pass
 
     threading.Thread(target=run, daemon=True, name="transfers-request").start()
     while not done.wait(poll):
         if stop_event.is_set():
-            raise PeerError(f"{what} was abandoned: the job was asked to stop", retryable=False)
+            with lock:
+                if not done.is_set():
+                    box["abandoned"] = True
+                    raise PeerError(f"{what} was abandoned: the job was asked to stop", retryable=False)
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -354,7 +393,7 @@ class AnswerTail:
 
     def __init__(self, length: Optional[str], first_byte_delay: float, started: Optional[float] = None,
                  min_bytes: int = 128 * 1024):
-        self.length = int(length) if length is not None and str(length).isdigit() else None
+        self.length = int(length) if length is not None and _DECIMAL.fullmatch(str(length).strip()) else None
         self.first_byte_delay = max(0.0, first_byte_delay)
         self.started = time.monotonic() if started is None else started
         self.min_bytes = min_bytes

@@ -407,3 +407,65 @@ def test_a_lookup_of_50000_resources_a_10_gb_chunk_request_and_a_gzip_bomb(ortha
     assert server.request("DELETE", f"/transfers/push/{tid}").status_code == 200
     assert_area_empty(server)
     assert_alive(server)
+
+
+def peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_gzip_body_that_inflates_to_a_huge_bucket_never_sits_in_memory(orthanc_factory):
+    import gzip
+
+    b = orthanc_factory("b")
+    size = 256 * 1024 * 1024
+    iid = "05790313-0cf6912d-a46d83e8-12e91143-c99106b6"
+    descriptor = {"Instances": [{"ID": iid, "Size": str(size), "MD5": EMPTY_MD5}],
+                  "Buckets": [[{"ID": iid, "Offset": "0", "Size": str(size)}]], "Compression": "gzip"}
+    tid = b.post("/transfers/push", json=descriptor).json()["ID"]
+    body = gzip.compress(bytes(size), 9)  # about 250 KB
+    before = peak_mb(b.process.pid)
+    r = b.request("PUT", f"/transfers/push/{tid}/0", data=body)
+    assert r.status_code == 200, r.text
+    assert peak_mb(b.process.pid) - before < 50, "the bucket was inflated in memory"
+    assert b.request("DELETE", f"/transfers/push/{tid}").status_code == 200
+    assert_area_empty(b)
+    assert_alive(b)
+
+
+def test_an_instance_listed_many_times_in_a_chunks_url_is_refused(orthanc_factory):
+    server = orthanc_factory("server", transfers={"CacheSize": 2})
+    files = load_study(server, 1, seed=43)  # one instance of about 525 KB
+    instance_id, data = next(iter(files.items()))
+    before = peak_mb(server.process.pid)
+    r = server.get("/transfers/chunks/" + ".".join([instance_id] * 300))
+    assert r.status_code == 413 and "CacheSize" in r.json()["Message"], r.text[:300]
+    assert peak_mb(server.process.pid) - before < 50
+    r = server.get(f"/transfers/chunks/{instance_id}.{instance_id}")  # what fits is still served
+    assert r.status_code == 200 and r.content == data + data
+    assert_alive(server)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "gzip, gzip"])
+def test_a_compressed_lookup_answer_is_refused_before_it_inflates(orthanc_factory, httpserver, encoding):
+    import gzip
+    import json
+
+    from werkzeug import Response
+
+    target = orthanc_factory("target", peers={"evil": {"Url": httpserver.url_for("/")}})
+    inflated = b'{"Instances": [' + b" " * (512 * 1024 * 1024) + b'], "Originator": "x"}'
+    body = gzip.compress(inflated, 9)
+    if encoding == "gzip, gzip":
+        body = gzip.compress(body, 9)
+    httpserver.expect_request("/transfers/lookup", method="POST").respond_with_response(
+        Response(body, headers={"Content-Encoding": encoding}, content_type="application/json"))
+    before = peak_mb(target.process.pid)
+    job = wait_job(target, pull(target, "evil", [{"Level": "Study",
+                                                  "ID": "05790313-0cf6912d-a46d83e8-12e91143-c99106b6"}]))
+    assert_clean_failure(job, "'evil'", "Content-Encoding")
+    assert peak_mb(target.process.pid) - before < 50
+    assert area_files(target) == [] and json.loads(target.get("/system").text)
+    assert_alive(target)

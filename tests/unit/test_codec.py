@@ -279,3 +279,49 @@ def test_bomb_guard_never_inflates_more_than_expected_plus_one(monkeypatch, expe
         for i in range(0, len(bomb), 1000):
             dec.update(bomb[i:i + 1000])
     assert sum(produced) <= expected + 1
+
+
+# --- decoding piece by piece -----------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=200_000), st.integers(1, 70_000), st.sampled_from(["none", "gzip"]))
+def test_pieces_give_the_payload_in_pieces_of_at_most_step(data, step, name):
+    codec = get_codec(name)
+    pieces = list(codec.decoder(len(data)).pieces(codec.encode(data), step))
+    assert b"".join(bytes(p) for p in pieces) == data
+    assert all(0 < len(p) <= step for p in pieces)
+
+
+def test_pieces_of_a_bomb_never_hold_more_than_a_step():
+    import tracemalloc
+
+    bomb = reference_gzip(bytes(256 << 20), 9)  # 256 MB of zeros in about 250 KB
+    tracemalloc.start()
+    try:
+        total = sum(len(p) for p in get_codec("gzip").decoder(256 << 20).pieces(bomb, 1 << 20))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == 256 << 20 and peak < 8 << 20, peak
+    with pytest.raises(PayloadSizeError):  # announced smaller: refused one byte past it
+        for _ in get_codec("gzip").decoder(10 << 20).pieces(bomb, 1 << 20):
+            pass
+
+
+@pytest.mark.parametrize("body,error", [(reference_gzip(b"x" * 1000)[:-5], "truncated"),
+                                        (b"abc", "short|not a valid gzip"),
+                                        (reference_gzip(b"x" * 1000) + b"junk", "trailing"),
+                                        (reference_gzip(b"x" * 1000) * 2, "more than one"),
+                                        (b"\x1f\x8b" + bytes(40), "not a valid gzip")])
+def test_pieces_refuse_what_decode_refuses(body, error):
+    with pytest.raises(CodecError, match=error):
+        list(get_codec("gzip").decoder(1000).pieces(body, 64))
+    with pytest.raises(CodecError):
+        get_codec("gzip").decode(body, 1000)
+
+
+def test_pieces_refuse_a_wrong_size():
+    with pytest.raises(PayloadSizeError):
+        list(get_codec("gzip").decoder(1001).pieces(reference_gzip(b"x" * 1000), 64))
+    with pytest.raises(PayloadSizeError):
+        list(get_codec("none").decoder(1001).pieces(b"x" * 1000, 64))

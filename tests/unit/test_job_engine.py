@@ -67,6 +67,8 @@ class FakeType:
         self.max_running = 0
         self.start_order: List[str] = []
         self.cleanups: List[Tuple[str, str]] = []
+        self.cleaning_now = 0
+        self.most_cleaning_at_once = 0
 
     def control(self, name: str) -> Control:
         with self.lock:
@@ -114,12 +116,20 @@ class FakeType:
 
     def cleanup(self, record: JobRecord, reason: str) -> None:
         ctl = self.control(record.parameters["name"])
-        ctl.cleaning.set()
-        if ctl.cleanup_gate is not None:
-            assert ctl.cleanup_gate.wait(DEADLINE), "the test never let the cleanup end"
-        record.resume_state = {**record.resume_state, "cleaned": reason}  # as the real job types do: a new dict
         with self.lock:
-            self.cleanups.append((record.parameters["name"], reason))
+            self.cleaning_now += 1
+            self.most_cleaning_at_once = max(self.most_cleaning_at_once, self.cleaning_now)
+        ctl.cleaning.set()
+        try:
+            if ctl.cleanup_gate is not None:
+                assert ctl.cleanup_gate.wait(DEADLINE), "the test never let the cleanup end"
+                time.sleep(0.05)  # time for another cleanup to overlap, if it could
+            record.resume_state = {**record.resume_state, "cleaned": reason}  # as the real job types do
+            with self.lock:
+                self.cleanups.append((record.parameters["name"], reason))
+        finally:
+            with self.lock:
+                self.cleaning_now -= 1
 
     def cleanups_of(self, name: str) -> List[str]:
         with self.lock:
@@ -883,3 +893,21 @@ def test_a_job_submitted_before_the_saved_jobs_are_loaded_loses_none_of_them():
     assert engine.list_ids() == saved + [early]
     wait_until(lambda: {j["ID"] for j in store.saved} == set(saved + [early]), what="all three saved")
     engine.stop(timeout=2)
+
+
+def test_the_cleanups_of_one_job_run_one_after_the_other(make):
+    """Failed, resubmitted, then canceled while the failure's cleanup still runs: the cancel's cleanup waits."""
+    h = make()
+    job = h.submit("a")
+    ctl = h.fake.control("a")
+    ctl.cleanup_gate = threading.Event()
+    h.wait_running(job, "a")
+    ctl.error = NetworkProtocol("peer went away")
+    assert ctl.cleaning.wait(DEADLINE)
+    h.engine.resubmit(job)
+    h.engine.cancel(job)  # the resubmitted job never started: canceled at once, its cleanup waits
+    time.sleep(0.3)
+    ctl.cleanup_gate.set()
+    wait_until(lambda: h.fake.cleanups_of("a") == ["failure", "canceled"], what="both cleanups, in turn")
+    assert h.fake.most_cleaning_at_once == 1, "a second cleanup ran beside the first"
+    assert h.state(job) == FAILURE and ctl.runs == 1

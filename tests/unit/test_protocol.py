@@ -574,9 +574,27 @@ def nested(depth: int, kind: str = "array") -> bytes:
 @pytest.mark.parametrize("depth", [2 * MAX_JSON_DEPTH + 1, 550, 1000, 100_000, 1_000_000])
 def test_deep_json_is_refused_before_it_is_parsed(monkeypatch, kind, depth):
     monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed"))
-    with pytest.raises(BadJson) as info:
+    with pytest.raises(BadRequest) as info:
         parse_json_body(nested(depth, kind), "lookup body")
-    assert status_of(info) == 400 and "nested too deeply" in info.value.message
+    if depth <= 100_000:
+        assert status_of(info) == 400 and "nested too deeply" in info.value.message
+    else:  # more arrays and objects than any transfer holds: refused by the count, before the shape
+        assert status_of(info) == 413 and "arrays and objects" in info.value.message
+
+
+@pytest.mark.parametrize("body", [b'["' + b'", "' * 3_000_000 + b'"]', b"[" + b"[]," * 900_000 + b"1]"])
+def test_json_with_more_items_than_a_transfer_holds_is_refused_at_once(monkeypatch, body):
+    """Counting quotes and brackets (C speed) bounds the work of the shape check on any body."""
+    monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed"))
+    with pytest.raises(PayloadTooLarge) as info:
+        parse_json_body(body, "push descriptor")
+    assert "MaxTransferInstances" in info.value.message
+
+
+@pytest.mark.parametrize("text", [b"[NaN]", b"[Infinity]", b"[-Infinity]", b'{"a": 1e999}', b"[-1e400]"])
+def test_json_that_is_not_strict_json_is_refused(text):
+    with pytest.raises(BadJson):
+        parse_json_body(text, "x")
 
 
 @pytest.mark.parametrize("depth", [1, 4, MAX_JSON_DEPTH])
@@ -660,3 +678,10 @@ def test_resources_are_bounded():
     with pytest.raises(PayloadTooLarge):
         parse_resources([{"Level": "Study", "ID": ID1}] * 11, Limits(max_instances=10))
     assert len(parse_resources([{"Level": "Study", "ID": ID1}] * 10, Limits(max_instances=10))) == 10
+
+
+def test_the_extra_keys_of_a_resource_are_kept_but_bounded():
+    kept = Resource.from_json({"Level": "Study", "ID": ID1, "Label": "for the archive"})
+    assert kept.to_json() == {"Level": "Study", "ID": ID1, "Label": "for the archive"}
+    with pytest.raises(PayloadTooLarge):
+        Resource.from_json({"Level": "Study", "ID": ID1, "Note": "x" * 2000})

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import pytest
 from change_log import ChangeLog
 
-from transfers_plugin.codec import get_codec
+from transfers_plugin.codec import CodecError, get_codec
 from transfers_plugin.download_area import DownloadArea
 from transfers_plugin.errors import (
     BadRequest,
@@ -1000,3 +1000,103 @@ def test_a_commit_interrupted_by_a_stop_is_rolled_back_at_the_next_start(root):
     assert any(tid in w and "deleted again" in w for w in warnings)
     assert after.recover() == 0
 
+
+
+def test_a_put_that_inflates_to_a_huge_bucket_holds_at_most_a_piece_in_memory(root):
+    """A descriptor announcing one 128 MB instance, and a PUT of 128 KB of gzip: written piece by piece."""
+    import gzip
+    import tracemalloc
+
+    size = 128 << 20
+    iid = fake_id(77)
+    descriptor = PushDescriptor.from_json({"Instances": [{"ID": iid, "Size": str(size), "MD5": "0" * 32}],
+                                           "Buckets": [[{"ID": iid, "Offset": "0", "Size": str(size)}]],
+                                           "Compression": "gzip"})
+    receiver = make_receiver(root, FakeStore({}))
+    tid = receiver.create(descriptor)
+    body = gzip.compress(bytes(size), 9)
+    tracemalloc.start()
+    try:
+        receiver.put(tid, 0, body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak >> 20} MB held while writing the bucket"
+    assert (root / f"push-{tid}" / f"{iid}.dcm").stat().st_size == size
+
+
+def test_a_wrong_gzip_body_leaves_the_bucket_not_received(root):
+    transfer = Transfer("gzip")
+    receiver = make_receiver(root, FakeStore(transfer.files))
+    tid = receiver.create(transfer.descriptor)
+    put_all(receiver, tid, transfer, [i for i in range(transfer.n_buckets) if i != 1])
+    with pytest.raises(CodecError):
+        receiver.put(tid, 1, transfer.body(1)[:-8])  # truncated: some bytes were written, not all
+    with pytest.raises(BadRequest, match="never arrived"):
+        receiver.commit(tid)
+    receiver.put(tid, 1, transfer.body(1))
+    receiver.commit(tid)
+
+
+def open_files() -> List[str]:
+    import os
+
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor, closed meanwhile
+            pass
+    return found
+
+
+def one_instance_descriptor(size: int, seed: int = 5) -> PushDescriptor:
+    iid = fake_id(seed)
+    return PushDescriptor.from_json({"Instances": [{"ID": iid, "Size": str(size), "MD5": "0" * 32}],
+                                     "Buckets": [[{"ID": iid, "Offset": "0", "Size": str(size)}]],
+                                     "Compression": "none"})
+
+
+def test_room_in_the_download_area_is_checked_and_promised(root):
+    from transfers_plugin.errors import InsufficientStorage, Unavailable
+
+    receiver = make_receiver(root, FakeStore({}), free_space=lambda folder: 100)
+    with pytest.raises(InsufficientStorage) as e:
+        receiver.create(one_instance_descriptor(101))
+    assert e.value.status == 507 and str(root) in e.value.message and "MB free" in e.value.message
+    first = receiver.create(one_instance_descriptor(60, 1))
+    with pytest.raises(Unavailable) as e:  # fits alone, not with the 60 bytes promised to the first
+        receiver.create(one_instance_descriptor(60, 2))
+    assert e.value.status == 503 and "promised" in e.value.message
+    receiver.put(first, 0, bytes(60))  # written: no longer promised (the free space now counts it)
+    assert receiver.create(one_instance_descriptor(60, 3))
+    assert files_under(root) and receiver.active == 2
+
+
+def test_a_disk_error_discards_the_transaction_and_its_sender_keeps_being_told_why(root, monkeypatch):
+    import errno
+    import os
+
+    from transfers_plugin import download_area
+    from transfers_plugin.errors import InsufficientStorage
+
+    receiver = make_receiver(root, FakeStore({}))
+    tid = receiver.create(one_instance_descriptor(1000))
+    real_pwrite = os.pwrite
+
+    def full(fd, data, offset):
+        real_pwrite(fd, bytes(data[:10]), offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download_area.os, "pwrite", full)
+    with pytest.raises(InsufficientStorage) as e:
+        receiver.put(tid, 0, bytes(1000))
+    assert e.value.status == 507 and "is full" in e.value.message and str(root) in e.value.message
+    monkeypatch.setattr(download_area.os, "pwrite", real_pwrite)
+    assert files_under(root) == [] and receiver.active == 0
+    assert not [f for f in open_files() if str(root) in f], "a file of the discarded transaction is still open"
+    for again in (lambda: receiver.put(tid, 0, bytes(1000)), lambda: receiver.commit(tid)):
+        with pytest.raises(InsufficientStorage):  # the cause, not an "unknown transaction" (404)
+            again()
+    with pytest.raises(NotFound):
+        receiver.put(str(__import__("uuid").uuid4()), 0, b"")

@@ -146,3 +146,16 @@ def test_concurrent_callbacks_each_give_back_their_own_arguments():
     assert len(sdk.kept) == 8
     extra = [n for kept in sdk.kept for counts in sdk_leaks.extra_references(kept).values() for n in counts]
     assert extra and set(extra) == {0}
+
+
+def test_the_probe_route_keeps_nothing_once_the_probe_is_done():
+    sdk = FakeSdk(True)
+    api = OrthancApi(module=sdk)
+    probe = api.prepare_leak_probe()
+    probe()
+    route = next(iter(sdk.callbacks))
+    sdk.keep = True
+    for _ in range(3):
+        sdk.RestApiPostAfterPlugins(route[:-len("/(probe)")] + "/probe", b"someone found the probe's URI")
+    extra = [n for kept in sdk.kept for counts in sdk_leaks.extra_references(kept).values() for n in counts]
+    assert extra and set(extra) == {0}, "the probe route keeps or leaks what it is sent"

@@ -95,6 +95,18 @@ def test_read_range_examples():
     assert read_range(get, ["a", "a"], 5, 10) == b"5678901234"
 
 
+def test_an_assembled_answer_is_bounded_but_a_whole_instance_is_not_copied():
+    from transfers_plugin.errors import PayloadTooLarge
+
+    files = {"a": b"0123456789", "b": b"abcdef"}
+    get = Getter(files)
+    with pytest.raises(PayloadTooLarge) as e:
+        read_range(get, ["a"] * 300, 0, 0, max_bytes=100)  # one instance listed 300 times
+    assert e.value.status == 413
+    assert read_range(get, ["a"] * 10, 0, 0, max_bytes=100) == files["a"] * 10
+    assert read_range(get, ["a"], 0, 0, max_bytes=5) is files["a"]  # served as it is, no copy made
+
+
 @pytest.mark.parametrize("offset", [19, 20, 10**12])
 def test_read_range_offset_at_or_after_the_end(offset):
     get = Getter({"a": b"0123456789", "b": b"abcdef", "c": b"XYZ"})

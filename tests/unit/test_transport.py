@@ -249,3 +249,25 @@ def test_close(fake_requests):
     assert len(FakeSession.instances) == 3
     transport.close()
     transport.close()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "gzip, gzip", "deflate", "br", "x-anything"])
+def test_a_compressed_answer_is_refused_before_it_is_inflated(monkeypatch, fake_requests, encoding):
+    """We ask for identity; a Content-Encoding would be inflated by the HTTP client before our bounds."""
+    transport = make(TransfersConfig(), fake_requests)
+    monkeypatch.setattr(FakeSession, "request", lambda self, method, url, **kw: fake_response(
+        200, {"Content-Encoding": encoding}, b"\x1f\x8b"))
+    with pytest.raises(PeerError) as e:
+        transport.request(PeerConfig("p", "http://h:1/"), "POST", "/transfers/lookup")
+    assert "Content-Encoding" in e.value.message and not e.value.retryable
+    monkeypatch.setattr(FakeSession, "request", lambda self, method, url, **kw: fake_response(
+        200, {"Content-Encoding": "identity"}, b"[]"))
+    assert transport.request(PeerConfig("p", "http://h:1/"), "POST", "/transfers/lookup").content == b"[]"
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "1\u00b2", "-5", "1e3", " ", "9" * 30])
+def test_a_content_length_that_is_not_a_number_is_ignored(monkeypatch, fake_requests, length):
+    transport = make(TransfersConfig(), fake_requests)
+    monkeypatch.setattr(FakeSession, "request", lambda self, method, url, **kw: fake_response(
+        200, {"Content-Length": length}, b"[]"))
+    assert transport.request(PeerConfig("p", "http://h:1/"), "GET", "/plugins").content == b"[]"

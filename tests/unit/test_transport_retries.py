@@ -356,3 +356,19 @@ def test_a_request_that_stalls_is_abandoned_at_a_stop():
     assert until_stopped(lambda: 42, threading.Event(), "x") == 42
     with pytest.raises(KeyError):
         until_stopped(lambda: {}["k"], threading.Event(), "x")
+
+
+def test_a_request_abandoned_by_a_stop_that_succeeds_later_is_undone():
+    stop, unblock, undone = threading.Event(), threading.Event(), []
+    threading.Timer(0.2, stop.set).start()
+    with pytest.raises(PeerError):
+        until_stopped(lambda: unblock.wait(30) and "created", stop, "POST /transfers/push", on_abandoned=undone.append)
+    unblock.set()
+    deadline = time.monotonic() + 5
+    while not undone and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert undone == ["created"]
+    undone.clear()
+    assert until_stopped(lambda: "kept", threading.Event(), "x", on_abandoned=undone.append) == "kept"
+    time.sleep(0.1)
+    assert undone == [], "a request that was not abandoned is not undone"

@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Set
 
 from ..errors import NotFound, OrthancUnavailable, TransfersError
 from .model import (
@@ -164,6 +164,7 @@ class JobEngine:
         self._last_save = 0.0
         self._save_lock = threading.Lock()
         self._cleaning: Dict[str, int] = {}  # jobs whose end-of-job cleanup has not run yet
+        self._cleaning_now: Set[str] = set()  # jobs whose cleanup is running
         self._running = False
         self._loaded = threading.Event()  # set once start() has loaded the saved jobs
         self._store_closed = False
@@ -294,8 +295,11 @@ class JobEngine:
             self._wake.notify_all()
         self._save()
         if newly_failed:
-            threading.Thread(target=self._cleanup_then_trim, args=(record, "canceled"), daemon=True,
-                             name=f"transfers-cleanup-{record.id[:8]}").start()
+            try:
+                threading.Thread(target=self._cleanup_then_trim, args=(record, "canceled"), daemon=True,
+                                 name=f"transfers-cleanup-{record.id[:8]}").start()
+            except RuntimeError:  # no thread to be had: cleaned up here, the caller waits for it
+                self._cleanup_then_trim(record, "canceled")
         return record
 
     def pause(self, job_id: str) -> JobRecord:
@@ -364,7 +368,6 @@ class JobEngine:
                     raise JobStopped(STOP_CANCEL)
                 record.succeed(self.clock())
                 cleanup_reason = self._will_clean(record, "success")
-            self.log_info(f"Transfers: job {record.id} ({record.type}) succeeded")
         except JobStopped as e:
             with self._lock:
                 # A cancel asked after the pause that stopped the job still wins.
@@ -401,11 +404,14 @@ class JobEngine:
                 self._contexts.pop(record.id, None)
                 self._threads.pop(record.id, None)
                 self._wake.notify_all()
-        if cleanup_reason is not None:
-            self._cleanup_then_trim(record, cleanup_reason)
-        else:
-            self._trim_history()
-            self._save()
+            # Whatever happened above, an announced cleanup runs (a resubmit waits for it).
+            if cleanup_reason is not None:
+                self._cleanup_then_trim(record, cleanup_reason)
+            else:
+                self._trim_history()
+                self._save()
+        if cleanup_reason == "success":
+            self.log_info(f"Transfers: job {record.id} ({record.type}) succeeded")
 
     def _fail(self, record: JobRecord, e: Exception) -> str:
         """Marks the job failed with a message in words (a traceback, for a bug, goes to the log only, at
@@ -436,9 +442,18 @@ class JobEngine:
             self.log_error(f"Transfers: cleanup of job {record.id} ({reason}) failed: {e}")
 
     def _cleanup_then_trim(self, record: JobRecord, reason: str) -> None:
-        """Runs a cleanup announced by ``_will_clean``, then lets a waiting resubmit start."""
+        """Runs a cleanup announced by ``_will_clean``, then lets a waiting resubmit start. The cleanups of one
+        job run one after the other (a cancel of a resubmitted job waits for the cleanup of its failure)."""
         try:
-            self._cleanup(record, reason)
+            with self._lock:
+                while record.id in self._cleaning_now:
+                    self._wake.wait()
+                self._cleaning_now.add(record.id)
+            try:
+                self._cleanup(record, reason)
+            finally:
+                with self._lock:
+                    self._cleaning_now.discard(record.id)
         finally:
             with self._lock:
                 self._cleaning[record.id] -= 1

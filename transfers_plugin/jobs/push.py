@@ -24,7 +24,15 @@ from ..config import PeerConfig, TransfersConfig
 from ..errors import NetworkProtocol, NotFound, TransfersError
 from ..planner import balance_last_round, push_buckets
 from ..protocol import PEER_ID, Bucket, InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, round_mb
-from ..transport import PeerError, PeerTransport, StoppableBody, as_transfer_error, transfer_headers
+from ..transport import (
+    HttpAnswer,
+    PeerError,
+    PeerTransport,
+    StoppableBody,
+    as_transfer_error,
+    parse_peer_json,
+    transfer_headers,
+)
 from ..workers import Place, Prefetcher, run_pool
 from .engine import JobContext
 from .model import JobRecord
@@ -37,6 +45,15 @@ BUSY_WAIT = 3.0  # seconds between two creation attempts while the receiver is f
 class TransactionLost(PeerError):
     """The receiver answers 404 for the job's transaction: it restarted, or discarded it (idle, evicted, a
     disk failure). The job opens a new one, once per run."""
+
+
+def transaction_id(created: Any) -> Optional[str]:
+    """The ID of a push creation answer ``{"ID": id, "Path": "/transfers/push/<id>"}``, None if it is not one
+    (an ID must be one path segment: it goes into the URLs of the PUTs, the commit and the DELETE)."""
+    tid = created.get("ID") if isinstance(created, dict) else None
+    if isinstance(tid, str) and PEER_ID.fullmatch(tid) and created.get("Path") == f"/transfers/push/{tid}":
+        return tid
+    return None
 
 
 def lost_if_unknown(error: Exception, peer: PeerConfig, path: str) -> Exception:
@@ -113,12 +130,24 @@ class PushJobType:
     def create(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, descriptor: PushDescriptor) -> None:
         body = dumps_compact(descriptor.to_json())
         deadline = time.monotonic() + self.config.peer_commit_timeout
+
+        def discard_late(answer: HttpAnswer) -> None:
+            """A creation abandoned by a stop that succeeded after all: its transaction is nobody's."""
+            if answer.status != 200:
+                return
+            tid = transaction_id(parse_peer_json(peer, answer.content, "push creation answer", self.config.limits))
+            if tid is not None:
+                self.transport.request(peer, "DELETE", f"/transfers/push/{tid}", headers=self.headers(query, {}, None))
+                self.log_info(f"Transfers: job {ctx.id}: push transaction {tid}, created after the job stopped, "
+                              f"discarded at {peer.name!r}")
+
         while True:
+            ctx.check()
             try:
                 answer = self.transport.call(peer, "POST", "/transfers/push", body=body, expect_json=True,
                                              headers=self.headers(query, {}, "application/json"),
                                              timeout=self.config.peer_commit_timeout, stop_event=ctx.stop_event,
-                                             abandon_on_stop=True)
+                                             abandon_on_stop=True, on_abandoned=discard_late)
                 break
             except PeerError as e:
                 if e.http_status != 503 or time.monotonic() > deadline:
@@ -127,9 +156,8 @@ class PushJobType:
                                  f"in {BUSY_WAIT} s")
                 ctx.wait(BUSY_WAIT)
         ctx.check()
-        created = answer.document
-        tid = created.get("ID") if isinstance(created, dict) else None
-        if not (isinstance(tid, str) and PEER_ID.fullmatch(tid) and created.get("Path") == f"/transfers/push/{tid}"):
+        tid = transaction_id(answer.document)
+        if tid is None:
             raise NetworkProtocol(f"Peer {peer.name!r} answered the push creation without a transaction ID and its "
                                   f"Path (/transfers/push/<ID>)")
         ctx.update_resume_state(Transaction=f"/transfers/push/{tid}", Cookie="; ".join(answer.cookies),

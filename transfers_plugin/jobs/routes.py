@@ -13,6 +13,7 @@ answered with the status the core gives on HTTP: 404 for ``GET /jobs/{id}``, 400
 """
 
 from typing import Any
+from urllib.parse import quote
 
 from ..errors import BadRequest, MethodNotAllowed, NotFound
 from ..protocol import dumps_styled
@@ -23,9 +24,11 @@ STARTUP_WAIT = 10.0
 
 
 def _query(request: Request) -> str:
+    """The query string, encoded again for the core (the SDK gives its arguments decoded)."""
     if not request.args:
         return ""
-    return "?" + "&".join(k if v == "" else f"{k}={v}" for k, v in request.args.items())
+    return "?" + "&".join(quote(k, safe="") if v == "" else f"{quote(k, safe='')}={quote(v, safe='')}"
+                          for k, v in request.args.items())
 
 
 def build_job_routes(router: Router, engine: Any, core: Any) -> None:
