@@ -65,14 +65,6 @@ def reset_peak(pid: int) -> None:
         pass
 
 
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 class Setup:
     """A and B, directly or through WAN proxies, with every peer and modality entry the modes need."""
 
@@ -200,7 +192,7 @@ def measure_once(setup: Setup, mode: str, studies: List[str], expected: int) -> 
     if stored != expected:
         raise RuntimeError(f"{mode}: B holds {stored} of {expected} instances after the transfer")
     return {"seconds": elapsed, "cpu_a": cpu[0], "cpu_b": cpu[1],
-            "peak_mb_a": peak_rss_mb(setup.a.process.pid), "peak_mb_b": peak_rss_mb(setup.b.process.pid),
+            "peak_mb_a": setup.a.memory_mb("VmHWM"), "peak_mb_b": setup.b.memory_mb("VmHWM"),
             "wire_bytes": setup.wire_bytes() - wire_before}
 
 

@@ -39,6 +39,15 @@ def python_plugin_library() -> str:
     return candidates[0]
 
 
+def process_memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of a process from /proc (``VmRSS`` resident now, ``VmHWM`` its peak), in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -181,6 +190,10 @@ class OrthancServer:
 
     def instances(self) -> List[str]:
         return self.get_json("/instances")
+
+    def memory_mb(self, field: str = "VmRSS") -> float:
+        """The Orthanc process's resident memory (``VmHWM``: its peak), in MB."""
+        return process_memory_mb(self.process.pid, field)
 
     @property
     def download_area(self) -> Path:

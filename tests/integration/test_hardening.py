@@ -307,13 +307,6 @@ def test_a_malicious_push_creation_answer_fails_the_push_cleanly(orthanc_factory
 
 # --- memory -------------------------------------------------------------------------------------------
 
-def resident_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_request_bodies_do_not_stay_in_memory(orthanc_factory):
     """The Python plugin 4.0 leaks every request body of a plugin route (fixed in 4.1): 50 PUTs of a 4 MB
     bucket would keep 200 MB for good. The plugin gives the leaked references back."""
@@ -326,14 +319,14 @@ def test_request_bodies_do_not_stay_in_memory(orthanc_factory):
     tid = b.post("/transfers/push", json=descriptor).json()["ID"]
     body = os.urandom(size)
     assert b.request("PUT", f"/transfers/push/{tid}/0", data=body).status_code == 200  # code paths warm
-    before = resident_mb(b.process.pid)
+    before = b.memory_mb()
     for _ in range(50):
         assert b.request("PUT", f"/transfers/push/{tid}/0", data=body).status_code == 200
     deadline = time.monotonic() + 10
-    after = resident_mb(b.process.pid)
+    after = b.memory_mb()
     while after - before >= 50 and time.monotonic() < deadline:
         time.sleep(0.2)
-        after = resident_mb(b.process.pid)
+        after = b.memory_mb()
     assert after - before < 50, f"{after - before:.0f} MB more after 50 PUTs of 4 MB"
     assert b.request("DELETE", f"/transfers/push/{tid}").status_code == 200
     assert_area_empty(b)
@@ -409,13 +402,6 @@ def test_a_lookup_of_50000_resources_a_10_gb_chunk_request_and_a_gzip_bomb(ortha
     assert_alive(server)
 
 
-def peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def test_a_gzip_body_that_inflates_to_a_huge_bucket_never_sits_in_memory(orthanc_factory):
     import gzip
 
@@ -426,10 +412,10 @@ def test_a_gzip_body_that_inflates_to_a_huge_bucket_never_sits_in_memory(orthanc
                   "Buckets": [[{"ID": iid, "Offset": "0", "Size": str(size)}]], "Compression": "gzip"}
     tid = b.post("/transfers/push", json=descriptor).json()["ID"]
     body = gzip.compress(bytes(size), 9)  # about 250 KB
-    before = peak_mb(b.process.pid)
+    before = b.memory_mb("VmHWM")
     r = b.request("PUT", f"/transfers/push/{tid}/0", data=body)
     assert r.status_code == 200, r.text
-    assert peak_mb(b.process.pid) - before < 50, "the bucket was inflated in memory"
+    assert b.memory_mb("VmHWM") - before < 50, "the bucket was inflated in memory"
     assert b.request("DELETE", f"/transfers/push/{tid}").status_code == 200
     assert_area_empty(b)
     assert_alive(b)
@@ -439,10 +425,10 @@ def test_an_instance_listed_many_times_in_a_chunks_url_is_refused(orthanc_factor
     server = orthanc_factory("server", transfers={"CacheSize": 2})
     files = load_study(server, 1, seed=43)  # one instance of about 525 KB
     instance_id, data = next(iter(files.items()))
-    before = peak_mb(server.process.pid)
+    before = server.memory_mb("VmHWM")
     r = server.get("/transfers/chunks/" + ".".join([instance_id] * 300))
     assert r.status_code == 413 and "CacheSize" in r.json()["Message"], r.text[:300]
-    assert peak_mb(server.process.pid) - before < 50
+    assert server.memory_mb("VmHWM") - before < 50
     r = server.get(f"/transfers/chunks/{instance_id}.{instance_id}")  # what fits is still served
     assert r.status_code == 200 and r.content == data + data
     assert_alive(server)
@@ -462,10 +448,10 @@ def test_a_compressed_lookup_answer_is_refused_before_it_inflates(orthanc_factor
         body = gzip.compress(body, 9)
     httpserver.expect_request("/transfers/lookup", method="POST").respond_with_response(
         Response(body, headers={"Content-Encoding": encoding}, content_type="application/json"))
-    before = peak_mb(target.process.pid)
+    before = target.memory_mb("VmHWM")
     job = wait_job(target, pull(target, "evil", [{"Level": "Study",
                                                   "ID": "05790313-0cf6912d-a46d83e8-12e91143-c99106b6"}]))
     assert_clean_failure(job, "'evil'", "Content-Encoding")
-    assert peak_mb(target.process.pid) - before < 50
+    assert target.memory_mb("VmHWM") - before < 50
     assert area_files(target) == [] and json.loads(target.get("/system").text)
     assert_alive(target)

@@ -40,7 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transfer_helpers import area_files, assert_alive, load_study, study_of
 
-from tools.orthanc_launcher import free_port
+from tools.orthanc_launcher import free_port, process_memory_mb
 
 pytestmark = pytest.mark.integration
 
@@ -1058,13 +1058,6 @@ def test_chunks_refuse_enormous_numbers(target, kind):
 
 # --- 4. an oversized descriptor -------------------------------------------------------------------------------
 
-def resident_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def huge_descriptor(n: int) -> bytes:
     md5 = b"0123456789abcdef0123456789abcdef"
     ids = [b"%08x-00000000-00000000-00000000-00000000" % i for i in range(n)]
@@ -1085,16 +1078,16 @@ def test_an_oversized_push_descriptor_is_refused_with_bounded_memory(module_orth
         body = huge_descriptor(10**6)
         size_mb = len(body) / MB
         pid = server.process.pid
-        before = resident_mb(pid)
+        before = process_memory_mb(pid)
         started = time.monotonic()
         answer = http(server.http_port, "POST", "/transfers/push", body, timeout=600)
         elapsed = time.monotonic() - started
         del body
-        after = resident_mb(pid)
+        after = process_memory_mb(pid)
         deadline = time.monotonic() + 5
         while after - before >= 50 and time.monotonic() < deadline:
             time.sleep(0.2)
-            after = min(after, resident_mb(pid))
+            after = min(after, process_memory_mb(pid))
         if answer.status == 200:
             http(server.http_port, "DELETE", f"/transfers/push/{json.loads(answer.body)['ID']}")
         assert_alive(server)
