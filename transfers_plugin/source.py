@@ -21,6 +21,10 @@ from .protocol import (
     check_count,
 )
 
+# The least an assembled chunks answer may hold, whatever CacheSize: a puller asks for up to twice its own
+# BucketSize in one request, and a site may keep a small cache.
+MIN_ANSWER_LIMIT = 256 * MB
+
 
 class SourceStore(Protocol):
     """What the source needs from Orthanc. Each method raises ``NotFound`` for an unknown resource."""
@@ -105,7 +109,8 @@ class Source:
 
     def read(self, request: ChunkRequest) -> bytes:
         """The bytes of a chunks request, before compression (protocol.md R1, exactly)."""
-        return read_range(self.get, request.ids, request.offset, request.size, self.cache.capacity)
+        return read_range(self.get, request.ids, request.offset, request.size,
+                          max(self.cache.capacity, MIN_ANSWER_LIMIT))
 
 
 def matches_record(entry: CachedInstance, size: int, md5: Optional[str]) -> bool:
@@ -146,5 +151,6 @@ def read_range(get, ids: Sequence[str], offset: int, size: int, max_bytes: Optio
         return parts[0].obj
     if max_bytes is not None and produced > max_bytes:
         raise PayloadTooLarge(f"The chunks asked for make {produced} bytes, more than the {max_bytes // MB} MB "
-                              f"one answer may hold (Transfers.CacheSize)")
+                              f"one answer may hold (the larger of Transfers.CacheSize and "
+                              f"{MIN_ANSWER_LIMIT // MB} MB)")
     return b"".join(parts)

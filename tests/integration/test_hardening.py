@@ -423,10 +423,10 @@ def test_a_gzip_body_that_inflates_to_a_huge_bucket_never_sits_in_memory(orthanc
 
 def test_an_instance_listed_many_times_in_a_chunks_url_is_refused(orthanc_factory):
     server = orthanc_factory("server", transfers={"CacheSize": 2})
-    files = load_study(server, 1, seed=43)  # one instance of about 525 KB
+    files = load_study(server, 1, rows=1024, seed=43)  # one instance of about 2 MB
     instance_id, data = next(iter(files.items()))
     before = server.memory_mb("VmHWM")
-    r = server.get("/transfers/chunks/" + ".".join([instance_id] * 300))
+    r = server.get("/transfers/chunks/" + ".".join([instance_id] * 300))  # 600 MB asked for
     assert r.status_code == 413 and "CacheSize" in r.json()["Message"], r.text[:300]
     assert server.memory_mb("VmHWM") - before < 50
     r = server.get(f"/transfers/chunks/{instance_id}.{instance_id}")  # what fits is still served
