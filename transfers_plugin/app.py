@@ -24,7 +24,7 @@ from .protocol import PEER_ID, UUID, TransferQuery, dumps_compact
 from .receiver import FOLDER_PREFIX, PushReceiver
 from .routes import Router, build_push_routes, build_source_routes, build_transfer_routes
 from .source import Source
-from .transport import PeerTransport, parse_peer_json, transfer_headers
+from .transport import PeerTransport, transfer_headers
 
 EXPLORER_SCRIPT = Path(__file__).resolve().parent / "explorer" / "transfers.js"
 DESCRIPTION = ("Accelerates transfers between Orthanc peers (Python implementation, wire-compatible with "
@@ -112,7 +112,7 @@ class Application:
                 "Originator": self.originator, "Peer": peer.remote_self, "Priority": query.priority}
         answer = self.transport.call(peer, "POST", "/transfers/pull", body=dumps_compact(body), expect_json=True,
                                      headers=transfer_headers(query.sender_transfer_id, "application/json"))
-        remote = parse_peer_json(peer, answer.content, "answer to /transfers/pull", self.config.limits)
+        remote = answer.document
         job_id = remote.get("ID") if isinstance(remote, dict) else None
         if not (isinstance(job_id, str) and PEER_ID.fullmatch(job_id)
                 and remote.get("Path") in (f"/jobs/{job_id}", f"//jobs/{job_id}")):

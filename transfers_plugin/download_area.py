@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Set
 
 from .commitment import check_digest, check_file
 from .errors import DiskError, InsufficientStorage, NetworkProtocol, NotFound, ParameterOutOfRange
-from .protocol import ORTHANC_ID, Bucket, InstanceInfo, check_orthanc_id, shown
+from .protocol import MB, ORTHANC_ID, Bucket, InstanceInfo, check_orthanc_id, shown
 
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -52,6 +52,15 @@ def free_space(folder: Path) -> int:
     with on_disk(folder, "measuring its free space"):
         folder.mkdir(parents=True, exist_ok=True)
         return shutil.disk_usage(folder).free
+
+
+def check_room(folder: Path, needed: int, free: int, what: str) -> None:
+    """Refuses a ``what`` (transfer, push) of ``needed`` bytes that does not fit in the ``free`` bytes of the
+    download area's disk."""
+    if needed > free:
+        raise InsufficientStorage(f"The download area {folder} has {free // MB} MB free, and this {what} needs "
+                                  f"{(needed + MB - 1) // MB} MB: free some space on its disk, or set "
+                                  f"Transfers.DownloadArea to a folder on a larger one")
 
 
 class DownloadArea:

@@ -138,7 +138,7 @@ class NetworkProtocol(TransfersError):
 
 class DiskError(TransfersError):
     """The download area cannot be written or read (full, read-only, not allowed, failing): the message says
-    so in words and names the folder; the operating system's own text is kept for the log."""
+    so in words, names the folder, and keeps the operating system's short reason (its ``strerror``)."""
     status = 500
     orthanc_code = 14
     retryable = False  # asking the peer again changes nothing of our disk

@@ -34,7 +34,7 @@ _LEVELS = {
     "images": LEVEL_INSTANCE,
 }
 
-_DECIMAL = re.compile(r"[0-9]{1,20}")  # 20 digits hold any 64-bit value
+DECIMAL = re.compile(r"[0-9]{1,20}")  # an unsigned decimal integer: 20 digits hold any 64-bit value
 # Orthanc's identifiers of patients, studies, series and instances: a SHA-1 in five groups of 8 hex digits.
 ORTHANC_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
 # The IDs this plugin and the C++ plugin generate (push transactions, jobs): lowercase random UUIDs.
@@ -130,7 +130,7 @@ def parse_decimal(value: Any, what: str, maximum: int = MAX_UINT64) -> int:
     """An unsigned decimal integer written as a JSON string (or a query argument)."""
     if not isinstance(value, str):
         raise BadFileFormat(f"{what} must be a string holding a decimal integer, not {shown(value)}")
-    if not _DECIMAL.fullmatch(value):
+    if not DECIMAL.fullmatch(value):
         if value.isascii() and value.isdigit():
             raise ParameterOutOfRange(f"{what} is too large: {shown(value)}")
         raise BadFileFormat(f"{what} must be an unsigned decimal integer, not {shown(value)}")
@@ -251,7 +251,7 @@ class InstanceInfo:
         if type(item) is dict:  # the usual case, checked quickly: a descriptor may list 100,000 instances
             iid, size, md5 = item.get("ID"), item.get("Size"), item.get("MD5")
             if type(iid) is str and type(size) is str and type(md5) is str and ORTHANC_ID.fullmatch(iid) \
-                    and _DECIMAL.fullmatch(size) and MD5_HEX.fullmatch(md5) and int(size) <= MAX_UINT64:
+                    and DECIMAL.fullmatch(size) and MD5_HEX.fullmatch(md5) and int(size) <= MAX_UINT64:
                 return cls(iid, int(size), md5)
         if not isinstance(item, dict):
             raise BadFileFormat(f"{where} must be a JSON object with ID, Size and MD5")
@@ -329,10 +329,7 @@ class ChunkRequest:
         ids = tuple(parse_instance_ids(joined_ids))
         offset = _query_uint(args, "offset")
         size = _query_uint(args, "size")
-        compression = args.get("compression", "none")
-        if compression not in COMPRESSIONS:
-            raise ParameterOutOfRange(
-                f"Unknown compression {shown(compression)}: expected one of {', '.join(COMPRESSIONS)}")
+        compression = parse_compression(args.get("compression", "none"), "compression")
         return cls(ids, offset, size, compression)
 
 
@@ -340,7 +337,7 @@ def _query_uint(args: Mapping[str, str], name: str) -> int:
     value = args.get(name)
     if value is None:
         return 0
-    if not _DECIMAL.fullmatch(value) or int(value) > MAX_UINT64:
+    if not DECIMAL.fullmatch(value) or int(value) > MAX_UINT64:
         raise BadParameterType(
             f"GET argument {name!r} must be an unsigned decimal integer below 2^64, not {shown(value)}")
     return int(value)

@@ -21,14 +21,13 @@ from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import codec as codecs
 from .commitment import CommitmentError
-from .download_area import DownloadArea, free_space
+from .download_area import DownloadArea, check_room, free_space
 from .errors import (
     BadFileFormat,
     BadRequest,
     Conflict,
     CorruptedFile,
     DiskError,
-    InsufficientStorage,
     NotFound,
     OrthancUnavailable,
     ParameterOutOfRange,
@@ -37,13 +36,12 @@ from .errors import (
 )
 from .importer import import_instances, rollback
 from .journal import CommitJournal, created_since, last_change
-from .protocol import MB, MD5_HEX, PushDescriptor
+from .protocol import MB, PushDescriptor
 
 IDLE_EVICTION = 30.0  # seconds without a bucket after which a transaction may give its place
 REMEMBERED_COMMITS = 1000
 DECODE_STEP = 1024 * 1024  # the largest piece of a bucket held in memory while it is written
 FOLDER_PREFIX = "push-"  # a transaction's folder in the download area: push-<transaction ID>
-
 
 
 def validate_descriptor(descriptor: PushDescriptor) -> None:
@@ -53,8 +51,6 @@ def validate_descriptor(descriptor: PushDescriptor) -> None:
     for info in descriptor.instances:
         if info.id in sizes:
             raise BadFileFormat(f"Instance {info.id} is listed twice in the push descriptor")
-        if not MD5_HEX.fullmatch(info.md5):
-            raise BadFileFormat(f"Instance {info.id}: MD5 must have 32 hexadecimal digits, not {info.md5!r}")
         sizes[info.id] = info.size
     ranges: Dict[str, List[tuple]] = {i: [] for i in sizes}
     for b, bucket in enumerate(descriptor.buckets):
@@ -163,10 +159,7 @@ class PushReceiver:
         the table's lock held, in the critical section that adds the transaction (two pushes cannot both be
         given the same free space)."""
         promised = sum(max(0, t.total - t.written) for t in self._transactions.values() if t is not evicted)
-        if needed > free:
-            raise InsufficientStorage(f"The download area {self.download_root} has {free // MB} MB free, and this "
-                                      f"push needs {(needed + MB - 1) // MB} MB: free some space on its disk, or "
-                                      f"set Transfers.DownloadArea to a folder on a larger one")
+        check_room(self.download_root, needed, free, "push")
         if needed + promised > free:
             raise Unavailable(f"The download area {self.download_root} has {free // MB} MB free, of which "
                               f"{promised // MB} MB are promised to the push transactions in progress; this push "
@@ -263,7 +256,7 @@ class PushReceiver:
                 t.lock.notify_all()
         if failed is not None:
             # The transaction cannot be completed: its files go at once (a full disk is freed for the
-            # others), and its sender is told why; what it sends next is refused as unknown.
+            # others), and its sender is told why, now and for what it sends next.
             with t.lock:
                 first, t.closed = not t.closed, True
                 if first:

@@ -4,7 +4,6 @@ One ``requests.Session`` per thread and peer keeps connections alive between req
 """
 
 import dataclasses
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -12,9 +11,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 from .config import PeerConfig, TransfersConfig
 from .errors import BadRequest, NetworkProtocol, TransfersError
-from .protocol import MB, Limits, parse_json_body, shown
-
-_DECIMAL = re.compile(r"[0-9]{1,20}")
+from .protocol import DECIMAL, MB, Limits, parse_json_body, shown
 
 # Statuses worth another attempt; any other non-200 answer will not change by asking again.
 RETRYABLE_STATUSES = {408, 429, 500, 502, 503, 504}
@@ -44,10 +41,9 @@ class HttpAnswer:
 ERROR_BODY_LIMIT = 1 * MB  # what is read of a peer's error answer
 
 
-def content_length(headers: Mapping[str, str]) -> Optional[int]:
-    """An answer's Content-Length, None when absent or not a plain decimal number."""
-    value = headers.get("Content-Length")
-    return int(value) if value is not None and _DECIMAL.fullmatch(str(value).strip()) else None
+def content_length(value: Optional[str]) -> Optional[int]:
+    """The value of a Content-Length header, None when absent or not a plain decimal number."""
+    return int(value) if value is not None and DECIMAL.fullmatch(str(value).strip()) else None
 
 
 def refuse_content_encoding(response: Any, peer: PeerConfig, what: str) -> None:
@@ -62,7 +58,7 @@ def refuse_content_encoding(response: Any, peer: PeerConfig, what: str) -> None:
 
 def read_body(response: Any, limit: int, peer: PeerConfig, what: str) -> bytes:
     """The body of a streamed answer, refused beyond ``limit`` bytes (a peer cannot make us hold more)."""
-    length = content_length(response.headers)
+    length = content_length(response.headers.get("Content-Length"))
     if length is not None and length > limit:
         response.close()
         raise PeerError(f"Peer {peer.name!r} ({peer.url}) answered {what} with {length} bytes, more than "
@@ -393,7 +389,7 @@ class AnswerTail:
 
     def __init__(self, length: Optional[str], first_byte_delay: float, started: Optional[float] = None,
                  min_bytes: int = 128 * 1024):
-        self.length = int(length) if length is not None and _DECIMAL.fullmatch(str(length).strip()) else None
+        self.length = content_length(length)
         self.first_byte_delay = max(0.0, first_byte_delay)
         self.started = time.monotonic() if started is None else started
         self.min_bytes = min_bytes

@@ -291,7 +291,7 @@ class JobEngine:
                 self._contexts[job_id].stop_event.set()
             newly_failed = record.finished and not was_finished
             if newly_failed:  # canceled while not running: what an earlier run left is cleaned up
-                self._cleaning[record.id] = self._cleaning.get(record.id, 0) + 1
+                self._will_clean(record, "canceled")
             self._wake.notify_all()
         self._save()
         if newly_failed:

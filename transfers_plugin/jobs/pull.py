@@ -20,12 +20,11 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from .. import codec as codecs
 from ..commitment import CommitmentError
 from ..config import PeerConfig, TransfersConfig
-from ..download_area import DownloadArea, free_space, instances_of
+from ..download_area import DownloadArea, check_room, free_space, instances_of
 from ..errors import (
     BadRequest,
     CorruptedFile,
     DiskError,
-    InsufficientStorage,
     NetworkProtocol,
     NotFound,
     OrthancUnavailable,
@@ -36,7 +35,6 @@ from ..journal import created_since, last_change
 from ..planner import balance_last_round, chunks_uri, pull_buckets
 from ..protocol import (
     DEFAULT_LIMITS,
-    MB,
     Bucket,
     InstanceInfo,
     Limits,
@@ -132,7 +130,9 @@ class PullJobType:
 
         if "Instances" not in state:
             instances = self.lookup(ctx, query, peer)
-            check_room(self.download_root, instances)
+            # Fails at once, before any file is created, when the instances do not fit.
+            check_room(self.download_root, sum(i.size for i in instances), free_space(self.download_root),
+                       "transfer")
             ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=self.config.bucket_size_kb,
                                     DoneBuckets=[], Verified=[], DownloadedBytes=0, Imported=[], Created=[])
             ctx.save_now()
@@ -439,14 +439,3 @@ def parse_lookup_answer(answer: Any, expected_originator: Optional[str], peer: P
     if len(set(ids)) != len(ids):
         raise BadRequest("an instance is listed twice")
     return sorted(instances, key=lambda i: i.id)
-
-
-def check_room(download_root: Path, instances: List[InstanceInfo]) -> None:
-    """Fails a pull at once, before any file is created, when its instances do not fit in the free space
-    of the download area's disk."""
-    needed = sum(i.size for i in instances)
-    free = free_space(download_root)
-    if needed > free:
-        raise InsufficientStorage(f"The download area {download_root} has {free // MB} MB free, and this transfer "
-                                  f"needs {(needed + MB - 1) // MB} MB: free some space on its disk, or set "
-                                  f"Transfers.DownloadArea to a folder on a larger one")
