@@ -77,3 +77,8 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         for server in list(_RUNNING):
             report.sections.append((f"Orthanc log: {server.name} ({server.url})", server.log_tail(300)))
+
+
+def pytest_report_header(config):
+    from tools.orthanc_launcher import default_platform
+    return f"Orthanc platform of the integration tests: {default_platform()} (TRANSFERS_PLATFORM)"

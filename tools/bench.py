@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from tools.orthanc_launcher import REPO_ROOT, OrthancServer, free_port
+from tools.orthanc_launcher import HOST, REPO_ROOT, OrthancServer, free_port
 from tools.synthetic import generate_study
 from tools.wan import WanProxy
 
@@ -86,19 +86,21 @@ class Setup:
         url_b = self.proxies["b-http"].url if wan else f"http://127.0.0.1:{self.port_b}/"
         dicom_b = self.proxies["b-dicom"].port if wan else self.dicom_b
         extra = {"HttpTimeout": 600, "DicomScuTimeout": 600}
-        if plugin_library:  # the C++ plugin instead of ours
+        platform = None
+        if plugin_library:  # the C++ plugin instead of ours, built for the host's Orthanc
             extra_a = dict(extra, Plugins=[plugin_library])
             with_plugin = False
+            platform = HOST
         else:
             extra_a = extra
             with_plugin = True
         self.a = OrthancServer("a", workdir / profile / "a", http_port=self.port_a, with_plugin=with_plugin,
                                transfers=transfers, extra_config=dict(extra_a, DicomModalities={
                                    "b": ["B", "127.0.0.1", dicom_b]}),
-                               peers={"b": {"Url": url_b}})
+                               peers={"b": {"Url": url_b}}, platform=platform)
         self.b = OrthancServer("b", workdir / profile / "b", http_port=self.port_b, with_plugin=with_plugin,
                                transfers=transfers, extra_config=dict(extra_a, DicomAet="B"),
-                               peers={"a": {"Url": url_a}})
+                               peers={"a": {"Url": url_a}}, platform=platform)
         self.b.dicom_port = self.dicom_b
 
     def start(self) -> None:

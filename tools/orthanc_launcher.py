@@ -2,6 +2,15 @@
 
 Used by the integration tests, the demo and the benchmarks. Needs Debian's ``orthanc`` and
 ``orthanc-python`` packages (or ``ORTHANC_BINARY`` and ``ORTHANC_PYTHON_PLUGIN`` pointing elsewhere).
+
+Two platforms: ``debian12``, the host's own Orthanc (1.10.1 with Python plugin 4.0 on Debian 12), and
+``debian13``, Orthanc 1.12.7 with Python plugin 5.0 from a Debian 13 root filesystem that
+``scripts/install.sh`` builds with mmdebstrap (``TRANSFERS_DEBIAN13_ROOT``, by default
+``~/.cache/orthanc-transfers-py/debian13-root``). ``TRANSFERS_PLATFORM`` chooses the default of every
+server; a server can ask for one (the C++ plugins are built for the host and always run there). A
+``debian13`` Orthanc runs chrooted in a mount namespace of its own (``unshare --mount``), where /tmp, /dev,
+/proc and this checkout are bind-mounted at their own paths: it shares loopback, files under /tmp and the
+process id with the tests, and its mounts vanish with it.
 """
 
 import glob
@@ -19,6 +28,25 @@ import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_SCRIPT = REPO_ROOT / "transfers_plugin" / "plugin.py"
+HOST = "debian12"
+DEBIAN13 = "debian13"
+PLATFORMS = (HOST, DEBIAN13)
+
+
+def default_platform() -> str:
+    platform = os.environ.get("TRANSFERS_PLATFORM") or HOST
+    if platform not in PLATFORMS:
+        raise RuntimeError(f"TRANSFERS_PLATFORM={platform!r}: expected one of {', '.join(PLATFORMS)}")
+    return platform
+
+
+def debian13_root() -> Path:
+    configured = os.environ.get("TRANSFERS_DEBIAN13_ROOT")
+    if configured:
+        return Path(configured)
+    cache = os.environ.get("TRANSFERS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                   "orthanc-transfers-py")
+    return Path(cache) / "debian13-root"
 
 
 def orthanc_binary() -> str:
@@ -28,7 +56,14 @@ def orthanc_binary() -> str:
     return found
 
 
-def python_plugin_library() -> str:
+def python_plugin_library(platform: str = HOST) -> str:
+    """The Python plugin's library as the platform's Orthanc sees it (inside its root for ``debian13``)."""
+    if platform == DEBIAN13:
+        root = debian13_root()
+        found = sorted(glob.glob(str(root / "usr/lib/orthanc/libOrthancPython.so*")))
+        if not found:
+            raise RuntimeError(f"No Debian 13 root filesystem with orthanc-python in {root}: run scripts/install.sh")
+        return "/" + os.path.relpath(found[0], root)
     env = os.environ.get("ORTHANC_PYTHON_PLUGIN")
     if env:
         return env
@@ -37,6 +72,29 @@ def python_plugin_library() -> str:
     if not candidates:
         raise RuntimeError("The Orthanc Python plugin is not installed: apt-get install orthanc-python")
     return candidates[0]
+
+
+# The paths a chrooted Orthanc sees as the host has them: the tests' files live under /tmp, the plugin in
+# the checkout. Run by ``sh -c`` in a new mount namespace: $0 is the root, $1 the configuration file.
+_CHROOT_SCRIPT = """set -e
+root=$0; config=$1; shift
+for dir in "$@"; do mkdir -p "$root$dir"; mount --rbind "$dir" "$root$dir"; done
+exec chroot "$root" /usr/sbin/Orthanc "$config"
+"""
+
+
+def orthanc_command(platform: str, config_path: Path) -> List[str]:
+    """The command line that starts Orthanc on a platform with a configuration file."""
+    if platform == HOST:
+        return [orthanc_binary(), str(config_path)]
+    root = debian13_root()
+    if not (root / "usr/sbin/Orthanc").exists():
+        raise RuntimeError(f"No Debian 13 root filesystem in {root}: run scripts/install.sh")
+    shared = ["/tmp", "/dev", "/proc", str(REPO_ROOT)]
+    if not str(config_path).startswith("/tmp/"):
+        shared.append(str(config_path.parent))
+    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", _CHROOT_SCRIPT,
+            str(root), str(config_path)] + shared
 
 
 def process_memory_mb(pid: int, field: str = "VmRSS") -> float:
@@ -60,8 +118,11 @@ class OrthancServer:
     def __init__(self, name: str, workdir: Path, *, with_plugin: bool = True,
                  transfers: Optional[Dict[str, Any]] = None, peers: Optional[Dict[str, Any]] = None,
                  extra_config: Optional[Dict[str, Any]] = None, http_port: Optional[int] = None,
-                 plugin_script: Optional[Path] = None):
+                 plugin_script: Optional[Path] = None, platform: Optional[str] = None):
         self.name = name
+        self.platform = platform or default_platform()
+        if self.platform not in PLATFORMS:
+            raise ValueError(f"unknown platform {self.platform!r}")
         self.workdir = Path(workdir)
         self.with_plugin = with_plugin
         self.transfers = transfers
@@ -99,7 +160,7 @@ class OrthancServer:
             "Plugins": [],
         }
         if self.with_plugin:
-            cfg["Plugins"] = [python_plugin_library()]
+            cfg["Plugins"] = [python_plugin_library(self.platform)]
             cfg["PythonScript"] = str(self.plugin_script)
             cfg["PythonVerbose"] = False
         if self.transfers is not None:
@@ -111,7 +172,7 @@ class OrthancServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config(), indent=2))
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([orthanc_binary(), str(self.config_path)], stdout=log,
+        self.process = subprocess.Popen(orthanc_command(self.platform, self.config_path), stdout=log,
                                         stderr=subprocess.STDOUT, cwd=str(self.workdir),
                                         start_new_session=True)
         log.close()

@@ -4,6 +4,7 @@
 with a fake one. Nothing here imports ``orthanc``.
 """
 
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -185,7 +186,8 @@ def start(api: Any) -> Optional[Application]:
         api.register_route(route.pattern, lambda request, route=route: app.router.handle(route, request))
     api.register_lifecycle(app.on_started, app.on_stopped)
     api.extend_explorer(EXPLORER_SCRIPT.read_text(encoding="utf-8"))
-    api.log_warning(f"Transfers accelerator {__version__} (Python) started: Threads {config.threads}, "
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    api.log_warning(f"Transfers accelerator {__version__} (Python {python}) started: Threads {config.threads}, "
                     f"BucketSize {config.bucket_size_kb} KB, CacheSize {config.cache_size_mb} MB, "
                     f"{len(config.peers)} peer(s) configured")
     return app

@@ -15,7 +15,7 @@ import pytest
 from transfer_helpers import assert_same_instances, load_study, pull, study_of, wait_job
 
 from tools.bench import cxx_build
-from tools.orthanc_launcher import free_port
+from tools.orthanc_launcher import HOST, free_port
 
 # Small buckets: many of them, and instances split across several.
 TRANSFERS = {"BucketSize": 128, "Threads": 3}
@@ -48,8 +48,10 @@ def start_pair(factory, cxx_library: str, source_is_cxx: bool):
     servers = {}
     for name, other in (("a", "b"), ("b", "a")):
         cxx_here = (name == "a") == source_is_cxx
+        # The C++ builds are linked against the host's Orthanc framework: they run on the host's Orthanc.
         servers[name] = factory(name, with_plugin=not cxx_here, transfers=TRANSFERS, http_port=ports[name],
                                 extra_config={"Plugins": [cxx_library]} if cxx_here else {},
+                                platform=HOST if cxx_here else None,
                                 peers={other: {"Url": f"http://127.0.0.1:{ports[other]}/"}})
     a, b = servers["a"], servers["b"]
     assert "transfers" in a.get_json("/plugins") and "transfers" in b.get_json("/plugins")
