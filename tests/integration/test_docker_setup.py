@@ -15,7 +15,7 @@ import requests
 from transfer_helpers import assert_same_instances, load_study, study_of, wait_job
 
 from tools import docker_config as dc
-from tools.orthanc_launcher import PLUGIN_SCRIPT, REPO_ROOT, free_port, python_plugin_library
+from tools.orthanc_launcher import PLUGIN_SCRIPT, REPO_ROOT, default_platform, free_port, python_plugin_library
 from transfers_plugin.config import parse_configuration
 
 DOCKER = REPO_ROOT / "docker"
@@ -225,7 +225,7 @@ def localize(configuration, name, ports, tmp_path):
     local.update({
         "HttpPort": ports[name], "DicomPort": free_port(),
         "StorageDirectory": storage, "IndexDirectory": storage,  # in the image the index defaults to the storage
-        "Plugins": [python_plugin_library()], "PythonScript": str(PLUGIN_SCRIPT),
+        "Plugins": [python_plugin_library(default_platform())], "PythonScript": str(PLUGIN_SCRIPT),
     })
     peers = {}
     for peer, entry in configuration["OrthancPeers"].items():
@@ -249,7 +249,7 @@ def test_servers_with_the_compose_configuration_transfer_both_ways(images, ortha
         server = orthanc_factory(name, http_port=ports[name], extra_config=local)
         written = json.loads(server.config_path.read_text())
         assert {k: written[k] for k in local} == local  # the launcher wrote our configuration as it is
-        assert "(Python) started" in server.log_text()
+        assert ") started: Threads" in server.log_text()
         servers[name] = server
     a, b = servers["orthanc-a"], servers["orthanc-b"]
     assert a.session.auth is not None and b.session.auth is not None  # RegisteredUsers of the compose file
