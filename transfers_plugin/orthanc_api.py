@@ -31,6 +31,10 @@ class OrthancApi:
             import orthanc as module  # the only import of the orthanc module in the package
         self.orthanc = module
         self.leaks = sdk_leaks.LeakCompensation()
+        # Every callback handed to the SDK, kept alive here: when the plugin is finalized, it drops its
+        # references without holding the GIL while our threads may still run; freeing a callback there
+        # crashed Orthanc 1.12.7 with Python plugin 5.0 (Python 3.13) on a stop during a transfer.
+        self._callbacks: List[Callable[..., Any]] = []
 
     # -- logs ----------------------------------------------------------------------------------------
 
@@ -160,6 +164,7 @@ class OrthancApi:
             finally:
                 self.leaks.release(request)
 
+        self._callbacks.append(callback)
         self.orthanc.RegisterRestCallback(pattern, callback)
 
     def prepare_leak_probe(self) -> Callable[[], None]:
@@ -179,6 +184,7 @@ class OrthancApi:
                 if measured.is_set():
                     self.leaks.release(request)
 
+        self._callbacks.append(callback)
         self.orthanc.RegisterRestCallback(uri + "/(probe)", callback)
 
         def probe() -> None:

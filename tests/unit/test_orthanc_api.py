@@ -509,3 +509,21 @@ def test_lifecycle_stop_hook_never_raises(api, module, monkeypatch):
     api.register_lifecycle(lambda: None, broken_stop, poll_interval=0.01)
     hooks[0]()
     assert any(level == "error" and "cannot stop" in m for level, m in module.logs)
+
+
+def test_callbacks_handed_to_the_sdk_stay_referenced_by_the_boundary():
+    """The plugin drops its references to REST callbacks without the GIL when it is finalized (while our
+    threads may still run): the boundary keeps its own, so that nothing is freed there."""
+    import gc
+    import weakref
+
+    registered = []
+    module = types.SimpleNamespace(RegisterRestCallback=lambda pattern, cb: registered.append(weakref.ref(cb)))
+    api = OrthancApi(module)
+    api.register_route("/transfers/x", lambda request: Response(200, b"{}"))
+    api.prepare_leak_probe()
+    gc.collect()
+    assert len(registered) == 2 and all(ref() is not None for ref in registered)
+    del api
+    gc.collect()
+    assert all(ref() is None for ref in registered), "the boundary, not the fake, held them"
