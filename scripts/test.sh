@@ -24,21 +24,45 @@ echo "== ruff check"
 mkdir -p test-artifacts
 args=("$@")
 if [ ${#args[@]} -gt 0 ]; then
-  platforms="${TRANSFERS_PLATFORMS:-debian12}"
+  read -r -a platforms <<<"${TRANSFERS_PLATFORMS:-debian12}"
 else
-  platforms="${TRANSFERS_PLATFORMS:-debian12 debian13}"
+  read -r -a platforms <<<"${TRANSFERS_PLATFORMS:-debian12 debian13}"
 fi
-status=0
-first=1
-for platform in $platforms; do
-  selection=("${args[@]}")
+# One pass per platform: the arguments, or else the whole suite on the first platform and the integration
+# tests on the others. The passes run at the same time (TRANSFERS_SERIAL=1: one after the other): their
+# tests mostly wait on servers and sockets, so that the whole run stays well under CI's 40 minutes on two
+# cores. Each pass has its own ports (below the kernel's ephemeral range) and temporary folder under /tmp.
+run_pass() {  # index
+  local index=$1 platform=${platforms[$1]} first=$((20000 + $1 * 6000))
+  local selection=("${args[@]}")
   if [ ${#args[@]} -eq 0 ]; then
-    # The unit tests once, with the first platform; the integration tests on every platform.
-    if [ "$first" = 1 ]; then selection=(tests); else selection=(tests/integration); fi
+    if [ "$index" = 0 ]; then selection=(tests); else selection=(tests/integration); fi
   fi
   echo "== pytest on $platform: ${selection[*]}"
-  TRANSFERS_PLATFORM="$platform" .venv/bin/python -m pytest -p no:cacheprovider \
-    --junitxml="test-artifacts/junit-$platform.xml" "${selection[@]}" || status=$?
-  first=0
+  TRANSFERS_PLATFORM="$platform" TRANSFERS_PORT_RANGE="$first-$((first + 5999))" \
+    .venv/bin/python -m pytest -p no:cacheprovider --basetemp="/tmp/transfers-tests-$platform" \
+    --junitxml="test-artifacts/junit-$platform.xml" "${selection[@]}"
+}
+status=0
+pids=()
+if [ "${TRANSFERS_SERIAL:-0}" != 1 ]; then
+  for index in "${!platforms[@]}"; do
+    if [ "$index" != 0 ]; then
+      echo "== ${platforms[$index]}: at the same time, output in test-artifacts/pytest-${platforms[$index]}.log"
+      run_pass "$index" >"test-artifacts/pytest-${platforms[$index]}.log" 2>&1 &
+      pids[index]=$!
+    fi
+  done
+fi
+for index in "${!platforms[@]}"; do
+  code=0
+  if [ -n "${pids[$index]:-}" ]; then
+    wait "${pids[$index]}" || code=$?
+    cat "test-artifacts/pytest-${platforms[$index]}.log"
+  else
+    run_pass "$index" || code=$?
+  fi
+  echo "== ${platforms[$index]}: pytest exit code $code"
+  if [ "$code" != 0 ]; then status=$code; fi
 done
 exit $status

@@ -13,9 +13,11 @@ server; a server can ask for one (the C++ plugins are built for the host and alw
 process id with the tests, and its mounts vanish with it.
 """
 
+import collections
 import glob
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -106,10 +108,40 @@ def process_memory_mb(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
+_HANDED_OUT: "collections.deque[int]" = collections.deque(maxlen=2000)
+
+
+def _port_range() -> Optional[range]:
+    """``TRANSFERS_PORT_RANGE=FIRST-LAST``: the ports this process's servers take (see :func:`free_port`)."""
+    configured = os.environ.get("TRANSFERS_PORT_RANGE")
+    if not configured:
+        return None
+    first, last = (int(part) for part in configured.split("-"))
+    return range(first, last + 1)
+
+
 def free_port() -> int:
+    """A loopback port free now. A port is only reserved once a server binds it, and a server restarted on
+    its port leaves it free meanwhile: test runs sharing the machine (the two platforms at once) each get
+    their own ``TRANSFERS_PORT_RANGE``, below the kernel's ephemeral ports, so that they never take each
+    other's; otherwise the kernel picks one."""
+    ports = _port_range()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        if ports is None:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    for _ in range(200):
+        port = random.choice(ports)
+        if port in _HANDED_OUT:  # given to a server of this run that may not have bound it yet
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.append(port)
+        return port
+    raise RuntimeError(f"no free port in TRANSFERS_PORT_RANGE {ports.start}-{ports.stop - 1}")
 
 
 class OrthancServer:
