@@ -13,10 +13,12 @@ from typing import Any, Dict, List, Optional
 from . import PLUGIN_NAME, __version__
 from .config import ConfigError, TransfersConfig, merge_registered_peers, parse_configuration
 from .download_area import DownloadArea
-from .errors import NetworkProtocol, NotFound, TransfersError
+from .errors import NetworkProtocol, NotFound, TransfersError, Unavailable, http_status_of
 from .jobs.engine import JobEngine
+from .jobs.model import SUCCESS, JobRecord
 from .jobs.pull import PullJobType
 from .jobs.push import PushJobType
+from .jobs.remote import RemotePullJobType, follow_parameters
 from .jobs.routes import build_job_routes
 from .jobs.store import GlobalPropertyJobStore
 from .journal import CommitJournal
@@ -44,7 +46,8 @@ class Application:
                                     api.log_info, api.log_warning)
         store = GlobalPropertyJobStore(api.get_global_property, api.set_global_property) if config.save_jobs else None
         self.push_job = PushJobType(config, self.peers, self.transport, self.source, api.log_info, api.log_warning)
-        self.engine = JobEngine({self.pull_job.name: self.pull_job, self.push_job.name: self.push_job}, store,
+        self.remote_job = RemotePullJobType(config, self.peers, self.transport, api.log_info, api.log_warning)
+        self.engine = JobEngine({job.name: job for job in (self.pull_job, self.push_job, self.remote_job)}, store,
                                 config.concurrent_jobs,
                                 config.jobs_history_size, api.log_info, api.log_error, log_warning=api.log_warning)
         self.router = Router(api.log_error, api.log_info)
@@ -102,12 +105,35 @@ class Application:
         query = self._with_transfer_id(query)
         return self.engine.submit(self.pull_job.name, query.to_json(), query.priority)
 
-    def send(self, query: TransferQuery) -> Dict[str, Any]:
-        """``/transfers/send``: a push job, or, to a peer with RemoteSelf, a pull asked of that peer."""
+    def pull(self, query: TransferQuery, synchronous: Optional[bool] = None) -> Dict[str, Any]:
+        """``/transfers/pull``: a pull job; with ``synchronous``, the answer comes at its end (its outcome)."""
+        job = self.submit_pull(query)
+        return self.outcome(job) if synchronous else {"ID": job.id, "Path": f"/jobs/{job.id}"}
+
+    def outcome(self, job: JobRecord) -> Dict[str, Any]:
+        """Waits for the job's end (``"Synchronous": true``, as Orthanc's ``/peers/{id}/store``): its Content
+        on success; on failure an error answer with the job's error code, description and details."""
+        final = self.engine.wait_finished(job)
+        if final is None:
+            raise Unavailable(f"Orthanc is stopping before job {job.id} ended: it goes on at the next start "
+                              f"(/jobs/{job.id})")
+        if final["State"] == SUCCESS:
+            return final["Content"]
+        code = final["ErrorCode"]
+        raise TransfersError(final["ErrorDescription"], status=http_status_of(code), orthanc_code=code,
+                             details=final["ErrorDetails"] or None)
+
+    def send(self, query: TransferQuery, synchronous: Optional[bool] = None) -> Dict[str, Any]:
+        """``/transfers/send``: a push job, or, to a peer with RemoteSelf, a pull asked of that peer. Without
+        ``synchronous`` (None), the C++ plugin's answers; with it, Orthanc's convention: false answers the job
+        at once ({ID, Path}; in pull mode a local RemotePullTransfer job that follows the remote one, and the
+        answer keeps Peer, RemoteJob and URL), true answers the transfer's outcome at its end."""
         peer = self._peer(query.peer)
         query = self._with_transfer_id(query)
         if peer.remote_self is None:
             job = self.engine.submit(self.push_job.name, query.to_json(), query.priority)
+            if synchronous:
+                return self.outcome(job)
             return {"ID": job.id, "Path": f"/jobs/{job.id}"}
         body = {"Resources": [r.to_json() for r in query.resources], "Compression": query.compression,
                 "Originator": self.originator, "Peer": peer.remote_self, "Priority": query.priority}
@@ -119,7 +145,14 @@ class Application:
                 and remote.get("Path") in (f"/jobs/{job_id}", f"//jobs/{job_id}")):
             raise NetworkProtocol(f"Peer {peer.name!r} answered /transfers/pull without a job ID and its Path "
                                   f"(/jobs/<ID>)")
-        return {"Peer": peer.name, "RemoteJob": job_id, "URL": peer.url.rstrip("/") + f"/jobs/{job_id}"}
+        sent = {"Peer": peer.name, "RemoteJob": job_id, "URL": peer.url.rstrip("/") + f"/jobs/{job_id}"}
+        if synchronous is None:
+            return sent
+        follow = self.engine.submit(self.remote_job.name,
+                                    follow_parameters(peer.name, job_id, sent["URL"], query.to_json()), query.priority)
+        if synchronous:
+            return self.outcome(follow)
+        return {**sent, "ID": follow.id, "Path": f"/jobs/{follow.id}"}
 
     # -- Orthanc events ------------------------------------------------------------------------------
 

@@ -7,8 +7,10 @@ HTTP_REASONS = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    406: "Not Acceptable",
     409: "Conflict",
     413: "Payload Too Large",
+    416: "Range Not Satisfiable",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -34,6 +36,24 @@ ORTHANC_ERRORS = {
     37: "Job canceled",
     2038: "Plugin trying to call the database during its initialization",
 }
+
+
+# The HTTP status Orthanc gives an error code (Orthanc::ConvertErrorCodeToHttpStatus, read from
+# libOrthancFramework 1.10.1); every other code is 500 there.
+ORTHANC_HTTP_STATUS = {0: 200, 3: 400, 5: 400, 7: 404, 8: 400, 12: 400, 13: 404, 15: 400, 17: 404, 21: 404,
+                       28: 400, 29: 401, 34: 406, 36: 503, 41: 416, 42: 503, 43: 409}
+
+
+def http_status_of(orthanc_code: int) -> int:
+    """The HTTP status of a job's failure answered to a synchronous request: Orthanc's own for its codes,
+    except that a failure of the network protocol (a peer failed, 9) is 502, as the plugin answers a peer that
+    fails a synchronous call, and so are bad credentials (29: a peer refused ours, and a plugin cannot answer
+    401 but through Orthanc's own authentication); 500 for the rest (a canceled job, a disk error, a corrupted
+    file...), as Orthanc."""
+    if orthanc_code in (9, 29):
+        return 502
+    status = ORTHANC_HTTP_STATUS.get(orthanc_code, 500)
+    return 500 if status == 200 else status
 
 
 class TransfersError(Exception):

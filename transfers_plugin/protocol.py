@@ -411,6 +411,26 @@ class TransferQuery:
         return out
 
 
+def parse_synchronous(value: Any) -> Optional[bool]:
+    """Orthanc's convention for routes that run a job: ``"Synchronous": true`` waits for the job's end,
+    ``false`` answers the job at once; ``"Asynchronous"`` says the opposite, and ``Synchronous`` wins when both
+    are given (as Orthanc's core reads them). None when the body has neither: the C++ plugin's answers then.
+    Each key given must be a JSON boolean."""
+    if not isinstance(value, dict):
+        return None
+    found: Dict[str, bool] = {}
+    for key in ("Synchronous", "Asynchronous"):
+        if key in value:
+            if not isinstance(value[key], bool):
+                raise BadFileFormat(f"transfer query: {key} must be true or false, not {shown(value[key])}")
+            found[key] = value[key]
+    if "Synchronous" in found:
+        return found["Synchronous"]
+    if "Asynchronous" in found:
+        return not found["Asynchronous"]
+    return None
+
+
 @dataclass(frozen=True)
 class PushDescriptor:
     """The body of ``POST /transfers/push`` (protocol.md 2.4)."""

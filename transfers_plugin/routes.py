@@ -9,7 +9,7 @@ import json
 import re
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .errors import MethodNotAllowed, ParameterOutOfRange, TransfersError
 from .protocol import (
@@ -23,6 +23,7 @@ from .protocol import (
     lookup_answer,
     parse_json_body,
     parse_resources,
+    parse_synchronous,
     shown,
 )
 
@@ -143,20 +144,20 @@ def build_source_routes(router: Router, app: Any) -> None:
 
 
 def build_transfer_routes(router: Router, app: Any) -> None:
-    """``POST /transfers/pull`` and ``/transfers/send``: check the query and the peer, then answer at once."""
+    """``POST /transfers/pull`` and ``/transfers/send``: check the query and the peer, then answer at once (or,
+    with ``"Synchronous": true``, at the end of the transfer)."""
 
-    def query_of(request: Request) -> TransferQuery:
+    def query_of(request: Request) -> Tuple[TransferQuery, Optional[bool]]:
+        """The query, and its ``Synchronous`` (None when the body does not say)."""
         limits = app.config.limits
-        return TransferQuery.from_json(parse_json_body(request.body, "transfer query", limits), limits)
+        document = parse_json_body(request.body, "transfer query", limits)
+        return TransferQuery.from_json(document, limits), parse_synchronous(document)
 
     def pull(request: Request) -> Response:
-        query = query_of(request)
-        job = app.submit_pull(query)
-        return Response.json({"ID": job.id, "Path": f"/jobs/{job.id}"})
+        return Response.json(app.pull(*query_of(request)))
 
     def send(request: Request) -> Response:
-        query = query_of(request)
-        return Response.json(app.send(query))
+        return Response.json(app.send(*query_of(request)))
 
     router.add(r"/transfers/pull", POST=pull)
     router.add(r"/transfers/send", POST=send)

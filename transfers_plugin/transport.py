@@ -146,13 +146,15 @@ class PeerTransport:
         raise AssertionError("unreachable")
 
     def request(self, peer: PeerConfig, method: str, uri: str, *, body: Any = None,
-                headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None) -> HttpAnswer:
+                headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
+                max_bytes: Optional[int] = None) -> HttpAnswer:
         """One HTTP request; network failures raise ``requests`` exceptions for the caller to handle.
         ``body`` may be a function giving a fresh body for each attempt. The answer's body is read up to
-        ``Transfers.MaxJsonBodySize`` (1 MB for an error), and refused beyond (a ``PeerError``)."""
+        ``max_bytes``, by default ``Transfers.MaxJsonBodySize`` (1 MB for an error), and refused beyond (a
+        ``PeerError``)."""
         r = self._send(peer, method, uri, body, headers, timeout, stream=True)
         try:
-            limit = self.config.limits.max_json_bytes if r.status_code == 200 else ERROR_BODY_LIMIT
+            limit = (max_bytes or self.config.limits.max_json_bytes) if r.status_code == 200 else ERROR_BODY_LIMIT
             content = read_body(r, limit, peer, f"{method} {uri}")
         finally:
             r.close()
@@ -167,13 +169,14 @@ class PeerTransport:
     def call(self, peer: PeerConfig, method: str, uri: str, *, body: Any = None,
              headers: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
              retries: Optional[int] = None, stop_event: Any = None, expect_json: bool = False,
-             abandon_on_stop: bool = False, on_abandoned: Optional[Callable[[HttpAnswer], None]] = None
-             ) -> HttpAnswer:
+             abandon_on_stop: bool = False, on_abandoned: Optional[Callable[[HttpAnswer], None]] = None,
+             max_bytes: Optional[int] = None) -> HttpAnswer:
         """A request that must answer 200, tried up to ``1 + retries`` times with a growing delay between
         attempts (1, 2, 4... seconds, at most 10); a set ``stop_event`` ends the waiting at once.
         ``body`` may be a function giving a fresh body for each attempt (a stoppable upload). With
         ``abandon_on_stop``, a set ``stop_event`` also ends the wait for an answer (a peer that stalls): the
-        request goes on in a thread of its own, and its answer is dropped (given to ``on_abandoned``)."""
+        request goes on in a thread of its own, and its answer is dropped (given to ``on_abandoned``).
+        ``max_bytes`` bounds the answer's body below ``Transfers.MaxJsonBodySize`` (see ``request``)."""
         if retries is None:
             retries = self.config.max_http_retries
         error: Optional[PeerError] = None
@@ -181,10 +184,11 @@ class PeerTransport:
             try:
                 if abandon_on_stop and stop_event is not None:
                     answer = until_stopped(lambda: self.request(peer, method, uri, body=body, headers=headers,
-                                                                timeout=timeout), stop_event,
+                                                                timeout=timeout, max_bytes=max_bytes), stop_event,
                                            f"{method} {uri} to peer {peer.name!r}", on_abandoned=on_abandoned)
                 else:
-                    answer = self.request(peer, method, uri, body=body, headers=headers, timeout=timeout)
+                    answer = self.request(peer, method, uri, body=body, headers=headers, timeout=timeout,
+                                          max_bytes=max_bytes)
                 error = check_answer(peer, method, uri, answer)
                 if error is None and expect_json:
                     document = parse_peer_json(peer, answer.content, f"answer to {method} {uri}",

@@ -89,3 +89,79 @@ def test_push_between_cxx_and_python(orthanc_factory, cxx, source_is_cxx, compre
     assert job["State"] == "Success", job
     assert job["Type"] == "PushTransfer"
     assert_same_instances(b, files)
+
+
+# -- a send in pull mode to a C++ peer, followed from our side ("Synchronous": false) ---------------------
+
+
+def start_cxx_puller(factory, cxx_library: str):
+    """A (ours, the source) sends in pull mode to B (C++): A knows B as ``b`` with RemoteSelf ``a``."""
+    port_a, port_b = free_port(), free_port()
+    b = factory("b", with_plugin=False, transfers=TRANSFERS, http_port=port_b,
+                extra_config={"Plugins": [cxx_library], "JobsHistorySize": 100},
+                peers={"a": {"Url": f"http://127.0.0.1:{port_a}/"}})
+    a = factory("a", transfers=TRANSFERS, http_port=port_a,
+                peers={"b": {"Url": f"http://127.0.0.1:{port_b}/", "RemoteSelf": "a"}})
+    return a, b
+
+
+def test_follow_a_cxx_pull_job(orthanc_factory, cxx):
+    a, b = start_cxx_puller(orthanc_factory, cxx)
+    files = source_files(a)
+    query = {"Resources": resources(a, files), "Compression": "gzip", "Peer": "b"}
+    r = a.post("/transfers/send", json=query)
+    assert set(r.json()) == {"Peer", "RemoteJob", "URL"}, r.text  # without the key: the C++ plugin's answer
+    assert wait_job(b, r.json()["RemoteJob"], timeout=300)["State"] == "Success"
+    for instance in b.instances():
+        b.request("DELETE", f"/instances/{instance}")
+
+    answer = a.post("/transfers/send", json={**query, "Synchronous": False}).json()
+    assert set(answer) == {"ID", "Path", "Peer", "RemoteJob", "URL"}, answer
+    job = wait_job(a, answer["ID"], timeout=300)
+    remote = b.get_json(f"/jobs/{answer['RemoteJob']}")
+    assert job["State"] == "Success" and remote["State"] == "Success" and remote["Type"] == "PullTransfer", job
+    assert job["Type"] == "RemotePullTransfer" and job["Content"]["RemoteState"] == "Success"
+    assert job["Content"]["RemoteContent"]["TotalInstances"] == remote["Content"]["TotalInstances"] == len(files)
+    assert_same_instances(b, files)
+
+    # A failure of the C++ job is mirrored: its error code, description and details.
+    missing = {**query, "Resources": [{"Level": "Study", "ID": "ffffffff-ffffffff-ffffffff-ffffffff-ffffffff"}],
+               "Synchronous": False}
+    answer = a.post("/transfers/send", json=missing).json()
+    job = wait_job(a, answer["ID"], timeout=120)
+    remote = b.get_json(f"/jobs/{answer['RemoteJob']}")
+    assert remote["State"] == "Failure" and job["State"] == "Failure", (remote, job)
+    assert job["ErrorCode"] == remote["ErrorCode"] and remote["ErrorDescription"] in job["ErrorDescription"]
+    assert job["ErrorDetails"] == remote.get("ErrorDetails", "")
+
+    # "Synchronous": true waits for the C++ job's end.
+    for instance in b.instances():
+        b.request("DELETE", f"/instances/{instance}")
+    r = a.post("/transfers/send", json={**query, "Synchronous": True}, timeout=300)
+    assert r.status_code == 200 and r.json()["RemoteState"] == "Success", r.text
+    assert_same_instances(b, files)
+
+
+def test_cancel_follows_to_a_cxx_pull_job(orthanc_factory, cxx):
+    from tools.net_proxy import TcpProxy
+
+    port_a = free_port()
+    proxy = TcpProxy(port_a, rate=300_000).start()
+    try:
+        port_b = free_port()
+        b = orthanc_factory("b", with_plugin=False, transfers=TRANSFERS, http_port=port_b,
+                            extra_config={"Plugins": [cxx], "JobsHistorySize": 100}, peers={"a": {"Url": proxy.url}})
+        a = orthanc_factory("a", transfers=TRANSFERS, http_port=port_a,
+                            peers={"b": {"Url": f"http://127.0.0.1:{port_b}/", "RemoteSelf": "a"}})
+        files = load_study(a, 12, rows=512, seed=9)
+        answer = a.post("/transfers/send", json={"Resources": resources(a, files), "Compression": "none",
+                                                 "Peer": "b", "Synchronous": False}).json()
+        wait_job(a, answer["ID"], ["Running"], condition=lambda j: j["Content"].get("RemoteState") == "Running")
+        assert a.post(f"/jobs/{answer['ID']}/cancel").status_code == 200
+        job = wait_job(a, answer["ID"], ["Failure"], timeout=10)
+        assert job["ErrorCode"] == 37
+        remote = wait_job(b, answer["RemoteJob"], ["Failure"], timeout=30)
+        assert remote["ErrorCode"] == 37, remote
+        assert "was canceled too" in wait_job(a, answer["ID"], condition=lambda j: j["ErrorDetails"])["ErrorDetails"]
+    finally:
+        proxy.stop()

@@ -91,12 +91,15 @@ def test_send_from_the_explorer_in_push_and_pull_mode(servers, browser):
     page.select_option("#transfers-peer", "b")
     page.select_option("#transfers-compression", "none")
     page.click("#transfers-send")
-    page.locator("#transfers-status[data-state='Remote']").wait_for(timeout=30000)
+    # Pull mode: the dialog follows the local RemotePullTransfer job, which follows B's job.
+    page.locator("#transfers-status[data-state='Success']").wait_for(timeout=60000)
     text = page.inner_text("#transfers-status")
+    assert "Transfer complete" in text and "pull mode" in text, text
     remote_job = next(j for j in b.get_json("/jobs") if j in text)
     page.screenshot(path=str(ARTIFACTS / "explorer-transfers-pull.png"))
-    job = wait_job(b, remote_job)
-    assert job["State"] == "Success", job
+    assert wait_job(b, remote_job)["State"] == "Success"
+    follow = [j for j in a.get_json("/jobs?expand") if j["Type"] == "RemotePullTransfer"]
+    assert follow and follow[-1]["State"] == "Success" and follow[-1]["Content"]["RemoteJob"] == remote_job
     assert_study_at(b, files)
     assert errors == [], errors
 

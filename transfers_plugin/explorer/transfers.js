@@ -1,6 +1,7 @@
 // Orthanc Explorer extension of the transfers accelerator (orthanc-transfers-py).
 // A "Transfers accelerator" button on the patient, study, series and instance pages opens a dialog:
-// the peers and their state, a compression choice, Send, then the job's progress until it ends.
+// the peers and their state, a compression choice, Send, then the job's progress until it ends (in pull mode,
+// the local RemotePullTransfer job that follows the peer's job: "Synchronous": false asks for it).
 // Everything is asynchronous, and a failure of the plugin's routes never breaks the Explorer's pages.
 (function () {
   'use strict';
@@ -57,14 +58,19 @@
       cache: false,
       success: function (job) {
         var content = job.Content || {};
+        var remote = job.Type === 'RemotePullTransfer';
+        var stats = remote ? (content.RemoteContent || {}) : content;  // the peer's job's numbers
         var progress = job.Progress || 0;
-        var speed = content.NetworkSpeedKBs || 0;
+        var speed = stats.NetworkSpeedKBs || 0;
         var elapsed = (new Date().getTime() - started) / 1000;
         var eta = (progress > 0 && progress < 100) ? elapsed * (100 - progress) / progress : NaN;
         var lines = [
-          '<b>Job ' + escapeHtml(job.State) + '</b>: ' + progress + ' %',
-          (content.CompletedHttpQueries || 0) + ' bucket(s) sent, ' +
-            (content.UploadedSizeMB || content.DownloadedSizeMB || 0) + ' MB of ' + (content.TotalSizeMB || 0) +
+          '<b>Job ' + escapeHtml(job.State) + '</b>: ' + progress + ' %' +
+            (remote ? ' (pull mode: peer <b>' + escapeHtml(content.Peer) + '</b> runs the transfer as its job <code>' +
+                      escapeHtml(content.RemoteJob) + '</code>, ' + escapeHtml(content.RemoteState || 'Pending') + ')'
+                    : ''),
+          (stats.CompletedHttpQueries || 0) + ' bucket(s) ' + (remote ? 'fetched, ' : 'sent, ') +
+            (stats.UploadedSizeMB || stats.DownloadedSizeMB || 0) + ' MB of ' + (stats.TotalSizeMB || 0) +
             ' MB, ' + speed + ' KB/s',
         ];
         if (eta === eta) {  // not NaN
@@ -72,8 +78,10 @@
         }
         lines.push('<a href="#job?uuid=' + encodeURIComponent(jobId) + '" rel="close">Open the job page</a>');
         if (job.State === 'Success') {
-          setStatus('Success', '<b>Transfer complete</b>: ' + (content.TotalInstances || 0) +
-                    ' instance(s) verified and stored by the peer.<br/>' + lines.slice(1).join('<br/>'));
+          setStatus('Success', '<b>Transfer complete</b>: ' + (stats.TotalInstances || 0) +
+                    ' instance(s) verified and stored by the peer' +
+                    (remote ? ' (pull mode, its job <code>' + escapeHtml(content.RemoteJob) + '</code>)' : '') +
+                    '.<br/>' + lines.slice(1).join('<br/>'));
         } else if (job.State === 'Failure') {
           setStatus('Failure', '<b>The transfer failed</b>: ' + escapeHtml(job.ErrorDescription || 'unknown error') +
                     '<br/>' + lines[lines.length - 1]);
@@ -105,16 +113,14 @@
       data: JSON.stringify({
         Resources: [{ Level: level, ID: resourceId }],
         Compression: compression,
-        Peer: peer
+        Peer: peer,
+        Synchronous: false  // a job to follow here in both modes
       }),
       success: function (answer) {
         if (answer.ID) {
           followJob(answer.ID, new Date().getTime());
         } else {
-          setStatus('Remote', 'Pull mode: peer <b>' + escapeHtml(answer.Peer) + '</b> runs the transfer as job <code>' +
-                    escapeHtml(answer.RemoteJob) + '</code>. This page cannot follow a job of another server: ' +
-                    'open <a target="_blank" href="' + escapeHtml(answer.URL) + '">' + escapeHtml(answer.URL) +
-                    '</a> or the Jobs page of that Orthanc.');
+          setStatus('Failure', 'The plugin answered without a job to follow: ' + escapeHtml(JSON.stringify(answer)));
         }
       },
       error: function (xhr) {

@@ -7,6 +7,9 @@
 - State lives in a ``JobStore`` (Orthanc's global properties in production): state changes are written at
   once, progress at most once a second. After a restart, unfinished jobs go on from their resume state.
 - ``history_size`` finished jobs are kept (Orthanc's ``JobsHistorySize``); older ones are cleaned up.
+- A job type whose ``takes_slot`` is False (a job that only follows a job of a peer, and mostly waits) runs
+  beside the ``concurrent_jobs`` others, at most ``MAX_SLOTLESS_JOBS`` of them at once.
+- ``wait_finished`` lets a caller wait for a job's end (``"Synchronous": true`` of the REST routes).
 """
 
 import copy
@@ -31,6 +34,7 @@ from .model import (
 )
 
 SAVE_INTERVAL = 1.0
+MAX_SLOTLESS_JOBS = 64  # jobs of a type with takes_slot False that run at once (each is a thread)
 
 
 class JobStopped(Exception):
@@ -51,6 +55,7 @@ class RetryLater(Exception):
 
 class JobType(Protocol):
     name: str
+    # takes_slot (optional, default True): False for a job that counts apart from ConcurrentJobs
 
     def run(self, context: "JobContext") -> None:
         ...
@@ -168,6 +173,7 @@ class JobEngine:
         self._running = False
         self._loaded = threading.Event()  # set once start() has loaded the saved jobs
         self._store_closed = False
+        self._halted = False  # set once the engine halts (a stop, Orthanc stopping): no job runs any more
         self._scheduler: Optional[threading.Thread] = None
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -232,6 +238,7 @@ class JobEngine:
         """Schedules nothing more and asks every running job to stop for the shutdown."""
         with self._lock:
             self._running = False
+            self._halted = True
             if close_store:
                 self._store_closed = True
             for context in self._contexts.values():
@@ -255,6 +262,17 @@ class JobEngine:
         self._save()
         self.log_info(f"Transfers: job {record.id} ({job_type}) submitted with priority {priority}")
         return record
+
+    def wait_finished(self, record: JobRecord, poll: float = 1.0) -> Optional[Dict[str, Any]]:
+        """Waits until the job ends (Success or Failure) and returns its JSON at that moment; None if the engine
+        stops first (Orthanc is stopping: the job goes on at the next start). ``record`` is the object
+        ``submit`` gave: it stays readable after the job leaves the history (``JobsHistorySize`` 0)."""
+        with self._lock:
+            while not record.finished:
+                if self._halted:
+                    return None
+                self._wake.wait(poll)
+            return record.to_json(self.clock())
 
     def get(self, job_id: str) -> Optional[JobRecord]:
         with self._lock:
@@ -324,10 +342,16 @@ class JobEngine:
                 r.retry_at = None
         # A job resubmitted while the cleanup of its failure still runs waits for it: the cleanup changes its
         # resume state (and, for a push, discards its transaction at the peer).
-        pending = [r for r in self._jobs.values() if r.state == PENDING and r.id not in self._cleaning]
+        slotted = sum(1 for c in self._contexts.values() if self._takes_slot(c.record.type))
+        room = {True: slotted < self.concurrent_jobs, False: len(self._contexts) - slotted < MAX_SLOTLESS_JOBS}
+        pending = [r for r in self._jobs.values()
+                   if r.state == PENDING and r.id not in self._cleaning and room[self._takes_slot(r.type)]]
         if not pending:
             return None
         return max(pending, key=lambda r: (r.priority, -r.sequence))
+
+    def _takes_slot(self, job_type: str) -> bool:
+        return bool(getattr(self.job_types.get(job_type), "takes_slot", True))
 
     def _schedule(self) -> None:
         while True:
@@ -335,11 +359,10 @@ class JobEngine:
                 if not self._running:
                     return
                 started = False
-                if len(self._contexts) < self.concurrent_jobs:
-                    record = self._next_pending()
-                    if record is not None:
-                        self._launch(record)
-                        started = True
+                record = self._next_pending()
+                if record is not None:
+                    self._launch(record)
+                    started = True
                 if not started:
                     self._wake.wait(0.5)
             if self._dirty and time.monotonic() - self._last_save >= SAVE_INTERVAL:
