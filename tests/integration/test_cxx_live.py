@@ -99,7 +99,7 @@ def start_cxx_puller(factory, cxx_library: str):
     port_a, port_b = free_port(), free_port()
     b = factory("b", with_plugin=False, transfers=TRANSFERS, http_port=port_b,
                 extra_config={"Plugins": [cxx_library], "JobsHistorySize": 100},
-                peers={"a": {"Url": f"http://127.0.0.1:{port_a}/"}})
+                peers={"a": {"Url": f"http://127.0.0.1:{port_a}/"}}, platform=HOST)
     a = factory("a", transfers=TRANSFERS, http_port=port_a,
                 peers={"b": {"Url": f"http://127.0.0.1:{port_b}/", "RemoteSelf": "a"}})
     return a, b
