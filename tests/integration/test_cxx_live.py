@@ -150,7 +150,8 @@ def test_cancel_follows_to_a_cxx_pull_job(orthanc_factory, cxx):
     try:
         port_b = free_port()
         b = orthanc_factory("b", with_plugin=False, transfers=TRANSFERS, http_port=port_b,
-                            extra_config={"Plugins": [cxx], "JobsHistorySize": 100}, peers={"a": {"Url": proxy.url}})
+                            extra_config={"Plugins": [cxx], "JobsHistorySize": 100}, peers={"a": {"Url": proxy.url}},
+                            platform=HOST)
         a = orthanc_factory("a", transfers=TRANSFERS, http_port=port_a,
                             peers={"b": {"Url": f"http://127.0.0.1:{port_b}/", "RemoteSelf": "a"}})
         files = load_study(a, 12, rows=512, seed=9)
