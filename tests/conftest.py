@@ -1,4 +1,8 @@
-"""Shared fixtures: real Orthanc servers, the DICOM corpus of ../shared/dicom, server logs on failure."""
+"""Shared fixtures: real Orthanc servers, real DICOM, the C++ wire recordings, server logs on failure.
+
+Nothing outside the clone is needed: the recordings are in ``tests/fixtures/``, and real DICOM comes from
+the corpus of ``../shared/dicom`` where it is present (``TRANSFERS_SHARED_DIR`` overrides ``../shared``),
+otherwise from the fallback of ``tests/corpus.py``."""
 
 import os
 import sys
@@ -10,11 +14,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from corpus import Corpus, open_corpus  # noqa: E402
+
 from tools.orthanc_launcher import OrthancServer  # noqa: E402
 
 SHARED = Path(os.environ.get("TRANSFERS_SHARED_DIR", REPO_ROOT.parent / "shared"))
 CORPUS_DIR = SHARED / "dicom"
-FIXTURES_DIR = SHARED / "fixtures" / "cxx-1.4"
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures" / "cxx-1.4"
 
 _RUNNING: "list[OrthancServer]" = []
 
@@ -56,17 +62,21 @@ def module_orthanc_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def corpus_dir() -> Path:
-    if not (CORPUS_DIR / "manifest.json").exists():
-        pytest.fail(f"The DICOM corpus is missing: {CORPUS_DIR} (set TRANSFERS_SHARED_DIR)")
-    return CORPUS_DIR
+def corpus(tmp_path_factory) -> Corpus:
+    """Real DICOM: the full corpus of ../shared/dicom, or the fallback a bare clone builds."""
+    return open_corpus(CORPUS_DIR, FIXTURES_DIR, tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    if not (FIXTURES_DIR / "README.md").exists():
-        pytest.fail(f"The C++ wire fixtures are missing: {FIXTURES_DIR} (set TRANSFERS_SHARED_DIR)")
+    """The C++ 1.4 wire recordings (tests/fixtures/cxx-1.4, see its PROVENANCE.md)."""
     return FIXTURES_DIR
+
+
+def pytest_report_header(config):
+    if (CORPUS_DIR / "manifest.json").is_file():
+        return f"DICOM corpus: {CORPUS_DIR} (the full corpus)"
+    return f"DICOM corpus: {CORPUS_DIR} is absent, the tests use the fallback of tests/corpus.py"
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -3,8 +3,9 @@
 The C++ plugin is not part of the project and no Debian package ships it, so these tests run only where
 ``TRANSFERS_CXX_PLUGINS`` names builds of it (``[LABEL=]PATH``, separated by ``:``), e.g.
 ``TRANSFERS_CXX_PLUGINS=1.4=/opt/cxx-1.4/libOrthancTransfers.so:mainline=/opt/cxx/libOrthancTransfers.so``.
-Elsewhere (CI) they are skipped; the recorded C++ exchanges of ``test_cxx_puller_replay.py`` and
-``test_push_receiver.py`` stand for them there.
+``scripts/test.sh`` (CI) builds release 1.4 and mainline from ``../shared/cxx-transfers`` where it is present
+and sets it. Elsewhere they are skipped; the recorded C++ exchanges of ``test_cxx_puller_replay.py`` and
+``test_push_receiver.py`` (``tests/fixtures/cxx-1.4``) stand for them there.
 """
 
 import os
@@ -31,7 +32,9 @@ def cxx_builds() -> List[Tuple[str, str]]:
 
 BUILDS = cxx_builds()
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not BUILDS, reason="no C++ plugin build given in TRANSFERS_CXX_PLUGINS")]
+              pytest.mark.skipif(not BUILDS, reason="no C++ Transfers plugin build given in TRANSFERS_CXX_PLUGINS "
+                                                   "(scripts/test.sh builds them from ../shared/cxx-transfers "
+                                                   "where it is present)")]
 
 
 @pytest.fixture(params=BUILDS or [("none", "")], ids=lambda b: b[0])

@@ -1,6 +1,6 @@
 """A C++ puller's recorded requests, replayed against our source: the answers match the C++ source's.
 
-The fixtures (../shared/fixtures/cxx-1.4/pull-*) were recorded between two C++ 1.4 peers. Our source,
+The fixtures (tests/fixtures/cxx-1.4/pull-*) were recorded between two C++ 1.4 peers. Our source,
 holding the same 5 instances, must answer the same lookup and byte-identical chunk bodies.
 """
 

@@ -6,7 +6,7 @@ import re
 import shutil
 
 import pytest
-from corpus import load_manifest, upload_files
+from corpus import upload_files
 from transfer_helpers import wait_job
 
 from tools.orthanc_launcher import REPO_ROOT, free_port
@@ -20,7 +20,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 
 @pytest.fixture(scope="module")
-def servers(module_orthanc_factory, corpus_dir):
+def servers(module_orthanc_factory, corpus):
     port_a, port_b = free_port(), free_port()
     a = module_orthanc_factory("a", http_port=port_a, peers={
         "b-push": {"Url": f"http://127.0.0.1:{port_b}/"},
@@ -28,7 +28,9 @@ def servers(module_orthanc_factory, corpus_dir):
         "nowhere": [f"http://127.0.0.1:{free_port()}/"],
     })
     b = module_orthanc_factory("b", http_port=port_b, peers={"a": {"Url": f"http://127.0.0.1:{port_a}/"}})
-    files = upload_files(a, [f for f in load_manifest(corpus_dir) if f.relative.startswith("studies/lctsc-rt/")])
+    # The corpus's largest study of several instances: studies/lctsc-rt (a CT slice and a 2 MB RT Structure Set)
+    # in ../shared/dicom, a generated MR study in the fallback.
+    files = upload_files(a, corpus.largest_study())
     study = a.get_json(f"/instances/{next(iter(files))}/study")["ID"]
     return a, b, files, study
 

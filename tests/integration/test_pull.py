@@ -5,7 +5,7 @@ import json
 from urllib.parse import parse_qsl
 
 import pytest
-from corpus import load_manifest, upload_files
+from corpus import upload_files
 from transfer_helpers import assert_same_instances, load_study, pull, study_of, wait_job
 
 from tools.net_proxy import TcpProxy
@@ -17,9 +17,10 @@ CONTENT_KEYS = {"Resources", "Peer", "Compression", "TotalInstances", "TotalSize
 
 
 @pytest.fixture(scope="module")
-def corpus_source(module_orthanc_factory, corpus_dir):
+def corpus_source(module_orthanc_factory, corpus):
     server = module_orthanc_factory("corpus-source")
-    files = upload_files(server, load_manifest(corpus_dir))
+    files = upload_files(server, corpus.files)
+    assert len(server.get_json("/studies")) == corpus.study_count()
     return server, files
 
 
@@ -47,7 +48,6 @@ def test_every_study_one_job_each_gzip(corpus_source, corpus_target):
     target = corpus_target
     clear(target)
     studies = source.get_json("/studies")
-    assert len(studies) == 73
     jobs = {s: pull(target, "source", [{"Level": "Study", "ID": s}], "gzip", priority=4) for s in studies}
     for study, job_id in jobs.items():
         job = wait_job(target, job_id)
@@ -71,7 +71,7 @@ def test_all_studies_in_one_job_none(corpus_source, corpus_target):
     content = job["Content"]
     assert set(content) == CONTENT_KEYS  # no Originator: none was given
     assert content["Resources"] == resources and content["Peer"] == "source" and content["Compression"] == "none"
-    assert content["TotalInstances"] == len(files) == 102
+    assert content["TotalInstances"] == len(files)
     assert content["TotalSizeMB"] == round(total / 1048576)
     assert content["DownloadedSizeMB"] == round(total / 1048576)  # no compression: every byte once
     assert content["CompletedHttpQueries"] >= total // (2 * 256 * 1024)

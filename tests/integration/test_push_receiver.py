@@ -1,6 +1,6 @@
 """Our push receiver (protocol.md R6 to R9, 7) in a real Orthanc, driven by a C++ 1.4 sender's requests.
 
-The fixtures (../shared/fixtures/cxx-1.4/push-*) were recorded between two C++ 1.4 peers. Replayed as
+The fixtures (tests/fixtures/cxx-1.4/push-*) were recorded between two C++ 1.4 peers. Replayed as
 recorded (``//`` paths, ``Content-Type: application/x-www-form-urlencoded``, ``sender-transfer-id``),
 they must give the 5 instances. Bad inputs get a 4xx with a JSON message and leave the receiver working.
 """

@@ -1,15 +1,15 @@
 """Every bad input to the source routes gets a 4xx with a JSON body, and the server keeps serving."""
 
 import pytest
-from corpus import load_manifest, upload_files
+from corpus import upload_files
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server_and_files(module_orthanc_factory, corpus_dir):
+def server_and_files(module_orthanc_factory, corpus):
     server = module_orthanc_factory("bad-input")
-    files = upload_files(server, [f for f in load_manifest(corpus_dir) if f.group == "studies"][:6])
+    files = upload_files(server, [f for f in corpus.files if f.group == "studies"][:6])
     return server, files
 
 

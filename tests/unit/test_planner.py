@@ -1,7 +1,6 @@
 """Bucket planner: protocol.md section 5, the recorded C++ 1.4 layout, boundaries and properties."""
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -21,8 +20,7 @@ from transfers_plugin.planner import (
 )
 from transfers_plugin.protocol import Bucket, Chunk, InstanceInfo
 
-SHARED = Path(os.environ.get("TRANSFERS_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
-FIXTURES = SHARED / "fixtures" / "cxx-1.4"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cxx-1.4"  # the C++ 1.4 recordings, in the repository
 FIXTURE_BASE_URL = "http://127.0.0.1:38142/"
 
 
@@ -129,8 +127,6 @@ FIXTURE_LAYOUT = [
 
 
 def fixture_sizes() -> Dict[str, int]:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"fixtures not found at {FIXTURES}")
     data = json.loads((FIXTURES / "instances" / "instances.json").read_text())
     return {iid: info["size"] for iid, info in data.items()}
 

@@ -1,7 +1,6 @@
 """The pure helpers of the PullTransfer job: progress, network speed, the lookup answer, network errors."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ from transfers_plugin.jobs.pull import as_transfer_error, network_speed_kbs, par
 from transfers_plugin.protocol import DEFAULT_LIMITS, InstanceInfo, Limits, parse_json_body
 from transfers_plugin.transport import PeerError
 
-SHARED = Path(os.environ.get("TRANSFERS_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
-LOOKUP_ANSWER = SHARED / "fixtures" / "cxx-1.4" / "pull-gzip" / "resp-002.json"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cxx-1.4"  # the C++ 1.4 recordings, in the repository
+LOOKUP_ANSWER = FIXTURES / "pull-gzip" / "resp-002.json"
 ORIGINATOR = "c1a02fc9-b7c7-463e-abe2-bb518161e6b9"
 
 PEER = PeerConfig("remote", "http://remote.example:8042/")
@@ -88,8 +87,6 @@ def test_network_speed_is_an_integer():
 # --- the lookup answer --------------------------------------------------------------------------------
 
 def test_real_cxx_lookup_answer():
-    if not LOOKUP_ANSWER.exists():
-        pytest.skip(f"fixtures not found at {LOOKUP_ANSWER}")
     body = LOOKUP_ANSWER.read_bytes()
     raw = json.loads(body)
     instances = parse_answer(body, ORIGINATOR, PEER)
@@ -161,8 +158,6 @@ def test_originator_mismatch_is_refused():
 
 
 def test_real_answer_with_another_originator_is_refused():
-    if not LOOKUP_ANSWER.exists():
-        pytest.skip(f"fixtures not found at {LOOKUP_ANSWER}")
     with pytest.raises(BadRequest, match="invalid originator"):
         parse_answer(LOOKUP_ANSWER.read_bytes(), "00000000-0000-0000-0000-000000000000", PEER)
 
