@@ -74,9 +74,11 @@ def fixtures_dir() -> Path:
 
 
 def pytest_report_header(config):
+    from tools.orthanc_launcher import default_platform
+    platform = f"Orthanc platform of the integration tests: {default_platform()} (TRANSFERS_PLATFORM)"
     if (CORPUS_DIR / "manifest.json").is_file():
-        return f"DICOM corpus: {CORPUS_DIR} (the full corpus)"
-    return f"DICOM corpus: {CORPUS_DIR} is absent, the tests use the fallback of tests/corpus.py"
+        return [platform, f"DICOM corpus: {CORPUS_DIR} (the full corpus)"]
+    return [platform, f"DICOM corpus: {CORPUS_DIR} is absent, the tests use the fallback of tests/corpus.py"]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -87,8 +89,3 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         for server in list(_RUNNING):
             report.sections.append((f"Orthanc log: {server.name} ({server.url})", server.log_tail(300)))
-
-
-def pytest_report_header(config):
-    from tools.orthanc_launcher import default_platform
-    return f"Orthanc platform of the integration tests: {default_platform()} (TRANSFERS_PLATFORM)"
