@@ -19,7 +19,7 @@ from .jobs.model import SUCCESS, JobRecord
 from .jobs.pull import PullJobType
 from .jobs.push import PushJobType
 from .jobs.remote import RemotePullJobType, follow_parameters
-from .jobs.routes import build_job_routes
+from .jobs.routes import CoreJobMethods, build_job_routes
 from .jobs.store import GlobalPropertyJobStore
 from .journal import CommitJournal
 from .peers import has_transfers_plugin, probe_peers
@@ -53,7 +53,7 @@ class Application:
         self.router = Router(api.log_error, api.log_info)
         build_source_routes(self.router, self)
         build_transfer_routes(self.router, self)
-        build_job_routes(self.router, self.engine, api)
+        build_job_routes(self.router, self.engine, api, CoreJobMethods.of(api.orthanc_version_at_least))
         self._stopping = threading.Event()
         self.receiver: Optional[PushReceiver] = None
         if config.max_push_transactions > 0:
@@ -136,7 +136,7 @@ class Application:
                 return self.outcome(job)
             return {"ID": job.id, "Path": f"/jobs/{job.id}"}
         body = {"Resources": [r.to_json() for r in query.resources], "Compression": query.compression,
-                "Originator": self.originator, "Peer": peer.remote_self, "Priority": query.priority}
+                "Originator": self.originator, "Peer": peer.remote_self}  # no Priority: the peer sets it (as C++)
         answer = self.transport.call(peer, "POST", "/transfers/pull", body=dumps_compact(body), expect_json=True,
                                      headers=transfer_headers(query.sender_transfer_id, "application/json"))
         remote = answer.document

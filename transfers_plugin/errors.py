@@ -25,6 +25,7 @@ ORTHANC_ERRORS = {
     3: "Parameter out of range",
     5: "Bad type for a parameter",
     6: "Bad sequence of calls",
+    7: "Accessing an inexistent item",
     8: "Bad request",
     9: "Error in the network protocol",
     14: "Cannot write to file",

@@ -66,6 +66,10 @@ class OrthancApi:
             out.append((peers.GetPeerName(i), peers.GetPeerUrl(i), props))
         return out
 
+    def orthanc_version_at_least(self, major: int, minor: int, revision: int) -> bool:
+        """Whether the Orthanc running the plugin is this version or a later one."""
+        return bool(self.orthanc.CheckVersionAdvanced(major, minor, revision))
+
     def core_plugins(self) -> List[str]:
         """``GET /plugins`` of the core (plugin routes bypassed, so this does not call us back)."""
         return json.loads(self._call(self.orthanc.RestApiGet, "/plugins"))

@@ -75,7 +75,7 @@ class Router:
         try:
             handler = route.methods.get(request.method.upper())
             if handler is None:
-                raise MethodNotAllowed(",".join(sorted(route.methods)), request.method)
+                raise MethodNotAllowed(",".join(route.methods), request.method)  # in the order of registration
             return handler(request)
         except TransfersError as e:
             return error_response(e, request)

@@ -95,6 +95,8 @@ def test_send_in_pull_mode(pair, compression):
     job = wait_job(b, answer["RemoteJob"])
     assert job["State"] == "Success", job
     assert job["Type"] == "PullTransfer" and job["Content"]["Peer"] == "a"
+    # The sender's Priority (2) is not forwarded: the peer chooses it (0), as with the C++ plugin.
+    assert job["Priority"] == 0
     assert job["Content"]["Originator"] == a.post("/transfers/lookup", json=[]).json()["Originator"]
     assert requests.get(answer["URL"], timeout=10).json()["State"] == "Success"
     assert_manifest_md5(b, files)

@@ -35,6 +35,7 @@ class FakeApi:
         self.lifecycle: List[Tuple[Callable[[], None], Callable[[], None]]] = []
         self.global_properties: Dict[int, str] = {}
         self.explorer_scripts: List[str] = []
+        self.orthanc_version = (1, 10, 1)
 
     def configuration(self) -> Dict[str, Any]:
         return json.loads(json.dumps(self.config))
@@ -75,6 +76,9 @@ class FakeApi:
 
     def registered_peers(self):
         return self.peers
+
+    def orthanc_version_at_least(self, major: int, minor: int, revision: int) -> bool:
+        return (major, minor, revision) <= self.orthanc_version
 
     def core_plugins(self) -> List[str]:
         return ["python"]

@@ -782,6 +782,68 @@ def test_history_keeps_unfinished_jobs(make):
     assert h.state(paused) == PAUSED
 
 
+# --- DELETE /jobs/{id} (Orthanc 1.12.2 and later) ------------------------------------------------------
+
+def test_delete_takes_a_finished_job_out_of_the_history_and_discards_it(make):
+    h = make()
+    ok, failed = h.submit("ok"), h.submit("failed")
+    h.fake.control("ok").finish.set()
+    h.fake.control("failed").error = NetworkProtocol("peer gone")
+    h.wait_state(ok, SUCCESS)
+    h.wait_state(failed, FAILURE)
+    for job, name, end in ((ok, "ok", "success"), (failed, "failed", "failure")):
+        assert h.engine.delete(job) is True
+        assert not h.engine.owns(job) and job not in h.engine.list_ids()
+        with pytest.raises(NotFound):
+            h.engine.job_json(job)
+        assert h.fake.cleanups_of(name) == [end, "discarded"]
+        assert name not in saved_states(h.store)
+        assert h.engine.delete(job) is False  # gone: a second DELETE finds nothing
+    assert [e for e in h.errors if "peer gone" not in e] == []
+
+
+@pytest.mark.parametrize("state", [PENDING, RUNNING, PAUSED])
+def test_delete_refuses_an_unfinished_job_which_goes_on(make, state):
+    h = make(concurrent_jobs=1)
+    blocker = h.submit("blocker")
+    h.wait_running(blocker, "blocker")
+    job = blocker
+    if state == PENDING:
+        job = h.submit("pending")
+    elif state == PAUSED:
+        h.engine.pause(blocker)
+        h.wait_state(blocker, PAUSED)
+    assert h.state(job) == state
+    assert h.engine.delete(job) is False
+    assert h.state(job) == state and h.fake.cleanups == []
+    h.release_all()
+    if state == PAUSED:
+        h.engine.resume(job)
+    h.wait_state(job, SUCCESS)
+    assert h.engine.delete("no-such-job") is False
+
+
+def test_delete_of_a_job_that_just_finished_waits_for_its_end_of_job_cleanup(make):
+    """The success cleanup needs the job's resume state: the discard of the deletion runs after it."""
+    h = make()
+    job = h.submit("a")
+    ctl = h.fake.control("a")
+    ctl.cleanup_gate = threading.Event()
+    ctl.finish.set()
+    h.wait_state(job, SUCCESS)
+    assert ctl.cleaning.wait(DEADLINE)
+    result: List[bool] = []
+    deleter = threading.Thread(target=lambda: result.append(h.engine.delete(job)))
+    deleter.start()
+    time.sleep(0.1)
+    assert result == [] and h.engine.owns(job), "the deletion waits for the cleanup"
+    ctl.cleanup_gate.set()
+    deleter.join(DEADLINE)
+    assert result == [True] and not h.engine.owns(job)
+    assert h.fake.cleanups_of("a") == ["success", "discarded"]
+    assert h.fake.most_cleaning_at_once == 1
+
+
 # --- shutdown does not lose what users asked ------------------------------------------------------------
 
 @pytest.mark.parametrize("action,final", [("cancel", FAILURE), ("pause", PAUSED)])

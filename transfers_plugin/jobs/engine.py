@@ -332,6 +332,24 @@ class JobEngine:
     def resubmit(self, job_id: str) -> JobRecord:
         return self._act(job_id, lambda r: r.resubmit())
 
+    def delete(self, job_id: str) -> bool:
+        """Orthanc's ``DELETE /jobs/{id}`` (1.12.2): a finished job (Success or Failure) leaves the history,
+        what it left cleaned up as when it is trimmed from it; False for any other job, which stays. The
+        end-of-job cleanup of a job that just finished runs first (it needs the job's resume state)."""
+        with self._lock:
+            while True:
+                record = self._jobs.get(job_id)
+                if record is None or record.state not in (SUCCESS, FAILURE):
+                    return False
+                if job_id not in self._cleaning:
+                    break
+                self._wake.wait()
+            del self._jobs[job_id]
+        self._cleanup(record, "discarded")
+        self._save()
+        self.log_info(f"Transfers: job {job_id} ({record.type}) deleted from the history")
+        return True
+
     # -- scheduling ----------------------------------------------------------------------------------
 
     def _next_pending(self) -> Optional[JobRecord]:
