@@ -31,7 +31,7 @@ fi
 # One pass per platform: the arguments, or else the whole suite on the first platform and the integration
 # tests on the others. The passes run at the same time (TRANSFERS_SERIAL=1: one after the other): their
 # tests mostly wait on servers and sockets, so that the whole run stays well under CI's 40 minutes on two
-# cores. Each pass has its own ports (below the kernel's ephemeral range) and temporary folder under /tmp.
+# cores. Each pass has its own ports (below the kernel's ephemeral range) and temporary folder.
 run_pass() {  # index
   local index=$1 platform=${platforms[$1]} first=$((20000 + $1 * 6000))
   local selection=("${args[@]}")
@@ -40,9 +40,13 @@ run_pass() {  # index
   fi
   echo "== pytest on $platform: ${selection[*]}"
   TRANSFERS_PLATFORM="$platform" TRANSFERS_PORT_RANGE="$first-$((first + 5999))" \
-    .venv/bin/python -m pytest -p no:cacheprovider --basetemp="/tmp/transfers-tests-$platform" \
+    .venv/bin/python -m pytest -p no:cacheprovider --basetemp="$base/$platform" \
     --junitxml="test-artifacts/junit-$platform.xml" "${selection[@]}"
 }
+# Under /tmp, which the Debian 13 servers see too; one folder per run, so that runs on other checkouts of the
+# same machine keep theirs; removed at the end.
+base=$(mktemp -d /tmp/transfers-tests.XXXXXX)
+trap 'rm -rf "$base"' EXIT
 status=0
 pids=()
 if [ "${TRANSFERS_SERIAL:-0}" != 1 ]; then
