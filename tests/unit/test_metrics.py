@@ -84,3 +84,25 @@ def test_remaining_seconds():
 
 def test_progress_content_is_in_the_instances_unit():
     assert progress_content(30 * MB, 14 * MB, 9 * MB) == {"TotalSizeMB": 30, "CompletedSizeMB": 14, "WireSizeMB": 9}
+
+
+def test_a_remote_jobs_progress_is_mirrored_when_it_is_ours():
+    from transfers_plugin.jobs.remote import mirrored_progress
+    assert mirrored_progress({"TotalSizeMB": 30, "CompletedSizeMB": 14, "WireSizeMB": 9, "NetworkSpeedKBs": 800,
+                              "RemainingSeconds": 12, "DownloadedSizeMB": 9}) == \
+        {"TotalSizeMB": 30, "CompletedSizeMB": 14, "WireSizeMB": 9, "NetworkSpeedKBs": 800, "RemainingSeconds": 12}
+    # A C++ peer's job: only what it has; nothing that is not a non-negative integer.
+    assert mirrored_progress({"TotalSizeMB": 30, "DownloadedSizeMB": 9}) == {"TotalSizeMB": 30}
+    assert mirrored_progress({"CompletedSizeMB": -1, "WireSizeMB": 1.5, "RemainingSeconds": True}) == {}
+
+
+def test_the_demo_says_x_of_y_in_one_unit():
+    from tools.demo import progress_line
+    running = {"State": "Running", "Progress": 40, "Content": {
+        "CompletedHttpQueries": 3, "CompletedSizeMB": 12, "TotalSizeMB": 30, "WireSizeMB": 6, "UploadedSizeMB": 6,
+        "NetworkSpeedKBs": 2048, "RemainingSeconds": 9}}
+    assert progress_line(running) == ("Running   40%  buckets 3  12 MB of 30 MB  (6 MB on the wire)  2048 KB/s  "
+                                      "about 9 s left")
+    done = {"State": "Success", "Progress": 100, "Content": dict(running["Content"], CompletedSizeMB=30,
+                                                                 RemainingSeconds=0)}
+    assert progress_line(done).endswith("30 MB of 30 MB  (6 MB on the wire)  2048 KB/s")
