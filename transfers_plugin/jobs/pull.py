@@ -225,8 +225,10 @@ class PullJobType:
                                    NetworkSpeedKBs=network_speed_kbs(moved_this_run[0],
                                                                      last_completion[0] - started),
                                    **progress_content(total, verified_bytes[0], downloaded[0]))
+                # Until every instance is verified, what is in counts, but never as everything.
                 left = remaining_seconds(total, verified_bytes[0] if len(verified) == len(instances)
-                                         else min(raw_done[0], total - 1), raw_moved[0], time.monotonic() - started)
+                                         else min(raw_done[0], max(0, total - 1)), raw_moved[0],
+                                         time.monotonic() - started)
                 if left is None:
                     ctx.drop_content("RemainingSeconds")
                 else:

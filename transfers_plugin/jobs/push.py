@@ -211,8 +211,8 @@ class PushJobType:
             ctx.update_content(CompletedHttpQueries=len(done), UploadedSizeMB=round_mb(uploaded[0]),
                                NetworkSpeedKBs=network_speed_kbs(moved[0], last[0] - started),
                                **progress_content(total, completed[0], uploaded[0]))
-            left = remaining_seconds(total, completed[0] if len(done) == len(buckets) else min(raw_done[0], total - 1),
-                                     raw_moved[0], time.monotonic() - started)
+            left = remaining_seconds(total, completed[0] if len(done) == len(buckets)
+                                     else min(raw_done[0], max(0, total - 1)), raw_moved[0], time.monotonic() - started)
             if left is None:
                 ctx.drop_content("RemainingSeconds")
             else:
