@@ -72,6 +72,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def progress_line(job) -> str:
+    """One line of a transfer job's progress: "X of Y MB" both in the instances' own size, the bytes on the
+    wire (gzip), the speed and the time left (once the job estimates it)."""
+    c = job["Content"]
+    line = (f"{job['State']:8} {job['Progress']:3}%  buckets {c.get('CompletedHttpQueries', 0)}  "
+            f"{c.get('CompletedSizeMB', 0)} MB of {c.get('TotalSizeMB', '?')} MB  "
+            f"({c.get('WireSizeMB', 0)} MB on the wire)  {c.get('NetworkSpeedKBs', 0)} KB/s")
+    if job["State"] not in ("Success", "Failure") and "RemainingSeconds" in c:
+        line += f"  about {c['RemainingSeconds']} s left"
+    return line
+
+
 def watch_transfer(a: OrthancServer, b: OrthancServer, study: str) -> None:
     """Sends the study from A to B in push mode and prints the job until it ends."""
     r = a.post("/transfers/send", json={"Resources": [{"Level": "Study", "ID": study}], "Compression": "gzip",
@@ -81,10 +93,7 @@ def watch_transfer(a: OrthancServer, b: OrthancServer, study: str) -> None:
     print(f"\nSending it to B: POST {a.url}/transfers/send -> job {job_id}")
     while True:
         job = a.get_json(f"/jobs/{job_id}")
-        c = job["Content"]
-        print(f"  {job['State']:8} {job['Progress']:3}%  buckets {c.get('CompletedHttpQueries', 0)}  "
-              f"uploaded {c.get('UploadedSizeMB', 0)} MB of {c.get('TotalSizeMB', '?')} MB  "
-              f"{c.get('NetworkSpeedKBs', 0)} KB/s", flush=True)
+        print("  " + progress_line(job), flush=True)
         if job["State"] in ("Success", "Failure"):
             break
         time.sleep(0.5)

@@ -22,6 +22,7 @@ from .jobs.remote import RemotePullJobType, follow_parameters
 from .jobs.routes import CoreJobMethods, build_job_routes
 from .jobs.store import GlobalPropertyJobStore
 from .journal import CommitJournal
+from .metrics import PULL_SENT_BYTES, RETRIES, Metrics, Publisher, jobs_by_type_and_state
 from .peers import has_transfers_plugin, probe_peers
 from .protocol import PEER_ID, UUID, TransferQuery, dumps_compact
 from .receiver import FOLDER_PREFIX, PushReceiver
@@ -29,6 +30,7 @@ from .routes import Router, build_push_routes, build_source_routes, build_transf
 from .source import Source
 from .transport import PeerTransport, transfer_headers
 
+METRICS_PERIOD = 1.0  # seconds between two publications of the metrics' changed values
 EXPLORER_SCRIPT = Path(__file__).resolve().parent / "explorer" / "transfers.js"
 DESCRIPTION = ("Accelerates transfers between Orthanc peers (Python implementation, wire-compatible with "
                "the C++ Transfers accelerator plugin)")
@@ -39,13 +41,16 @@ class Application:
         self.api = api
         self.config = config
         self.originator = str(uuid.uuid4())  # changes at every start, as the C++ plugin's
+        self.metrics = Metrics()
         self.source = Source(api, config.cache_size_bytes, config.threads)
         self.transport = PeerTransport(config)
+        self.transport.on_retry = lambda: self.metrics.add(RETRIES)
         self.download_root = Path(config.download_area).absolute()
         self.pull_job = PullJobType(config, self.peers, self.transport, api, self.download_root,
-                                    api.log_info, api.log_warning)
+                                    api.log_info, api.log_warning, self.metrics)
         store = GlobalPropertyJobStore(api.get_global_property, api.set_global_property) if config.save_jobs else None
-        self.push_job = PushJobType(config, self.peers, self.transport, self.source, api.log_info, api.log_warning)
+        self.push_job = PushJobType(config, self.peers, self.transport, self.source, api.log_info, api.log_warning,
+                                    self.metrics)
         self.remote_job = RemotePullJobType(config, self.peers, self.transport, api.log_info, api.log_warning)
         self.engine = JobEngine({job.name: job for job in (self.pull_job, self.push_job, self.remote_job)}, store,
                                 config.concurrent_jobs,
@@ -63,8 +68,21 @@ class Application:
                                          journal=CommitJournal(api.get_global_property, api.set_global_property,
                                                                owner=self.originator))
             build_push_routes(self.router, self.receiver, config.limits)
+        self.metrics.source(self.cache_metrics)
+        self.metrics.source(lambda: jobs_by_type_and_state(self.engine.types_and_states()))
+        if self.receiver is not None:
+            self.metrics.source(self.receiver.metrics)
 
     # -- what the routes need ------------------------------------------------------------------------
+
+    def cache_metrics(self) -> Dict[str, float]:
+        cache = self.source.cache
+        return {"orthanc_transfers_used_cache_size": cache.used_bytes,
+                "orthanc_transfers_cache_hit_count": cache.hits, "orthanc_transfers_cache_miss_count": cache.misses}
+
+    def served_chunks(self, n_bytes: int) -> None:
+        """A chunks answer of ``n_bytes`` (as encoded) served to a puller."""
+        self.metrics.add(PULL_SENT_BYTES, n_bytes)
 
     def codec_for(self, name: str):
         return self.config.codec(name)
@@ -166,6 +184,9 @@ class Application:
         self.sweep_download_root()
         if self.receiver is not None:
             threading.Thread(target=self._expire_push_transactions, name="transfers-push-expiry", daemon=True).start()
+        set_metric = getattr(self.api, "set_metric", None)
+        if set_metric is not None:
+            Publisher(self.metrics, set_metric, self._stopping, METRICS_PERIOD, self.api.log_warning).start()
 
     def _expire_push_transactions(self) -> None:
         while not self._stopping.wait(30.0):

@@ -47,6 +47,12 @@ class OrthancApi:
     def log_error(self, message: str) -> None:
         self.orthanc.LogError(message)
 
+    # -- metrics -------------------------------------------------------------------------------------
+
+    def set_metric(self, name: str, value: float) -> None:
+        """One value of ``/tools/metrics-prometheus`` (published by Orthanc when ``MetricsEnabled``)."""
+        self.orthanc.SetMetricsValue(name, float(value), self.orthanc.MetricsType.DEFAULT)
+
     # -- configuration and peers ---------------------------------------------------------------------
 
     def configuration(self) -> Dict[str, Any]:

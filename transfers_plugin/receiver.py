@@ -115,9 +115,15 @@ class PushReceiver:
         # Transactions discarded by a disk error, and the error: what their sender sends next gets it (not a
         # 404, which the sender would take for a receiver that restarted).
         self._failed: "OrderedDict[str, TransfersError]" = OrderedDict()
+        # The C++ plugin 1.7's metrics (a discard, an eviction or an expiry is an abort, never a commit),
+        # and the bytes of the bucket bodies received (compressed or not, as they came).
         self.created_count = 0
         self.committed_count = 0
         self.aborted_count = 0
+        self.committed_bytes = 0  # the instances' bytes of the committed transactions
+        self.reception_ms = 0.0  # from creation to the start of the commit, committed transactions
+        self.commit_ms = 0.0  # their commits
+        self.body_bytes = 0
 
     # -- table ---------------------------------------------------------------------------------------
 
@@ -145,6 +151,8 @@ class PushReceiver:
                 t.closed = True
             self.log_warning(f"Transfers: push transaction {t.id} was idle for {now - t.last_used:.0f} s: discarded")
             self._discard(t)
+            with self._lock:
+                self.aborted_count += 1
             expired.append(t.id)
         return expired
 
@@ -249,6 +257,8 @@ class PushReceiver:
             with t.lock:
                 t.writers -= 1
                 if written:
+                    with self._lock:
+                        self.body_bytes += len(body)
                     if index not in t.received:
                         t.written += bucket.total_size
                     t.received.add(index)
@@ -286,6 +296,7 @@ class PushReceiver:
                     raise t.failure
                 raise NotFound(f"Push transaction {tid} was discarded")
             t.committing = True
+        commit_started = self.clock()
         try:
             missing = [i for i in range(len(t.descriptor.buckets)) if i not in t.received]
             if missing:
@@ -316,6 +327,9 @@ class PushReceiver:
             while len(self._committed) > REMEMBERED_COMMITS:
                 self._committed.popitem(last=False)
             self.committed_count += 1
+            self.committed_bytes += t.total
+            self.reception_ms += (commit_started - t.created) * 1000
+            self.commit_ms += (self.clock() - commit_started) * 1000
         with t.lock:
             t.committing = False
             t.closed = True
@@ -349,14 +363,30 @@ class PushReceiver:
         with t.lock:
             if t.committing:
                 raise Conflict(f"Push transaction {tid} is being committed and cannot be discarded now")
+            if t.closed:
+                return  # discarded meanwhile (expired, evicted, a disk error): counted then
             t.closed = True  # in the same critical section: no commit may start from now on
         self._discard(t)
+        with self._lock:
+            self.aborted_count += 1
 
     def close_all(self) -> None:
         with self._lock:
             transactions = list(self._transactions.values())
         for t in transactions:
             self._discard(t)
+
+    def metrics(self) -> Dict[str, float]:
+        """The C++ plugin 1.7's push metrics (see the README)."""
+        with self._lock:
+            return {"orthanc_transfers_available_push_count": self.max_transactions - len(self._transactions),
+                    "orthanc_transfers_created_push_count": self.created_count,
+                    "orthanc_transfers_committed_push_count": self.committed_count,
+                    "orthanc_transfers_aborted_push_count": self.aborted_count,
+                    "orthanc_transfers_push_total_received_bytes_count": self.committed_bytes,
+                    "orthanc_transfers_push_total_time_spent_in_reception_ms": int(self.reception_ms),
+                    "orthanc_transfers_push_total_time_spent_in_commit_ms": int(self.commit_ms),
+                    "orthanc_transfers_push_received_bytes_count": self.body_bytes}
 
     @property
     def active(self) -> int:

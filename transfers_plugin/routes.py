@@ -107,15 +107,17 @@ def error_response(error: TransfersError, request: Request) -> Response:
 def build_source_routes(router: Router, app: Any) -> None:
     """The routes a source peer serves (protocol.md R1, R2, R5) and ``/plugins`` for detection.
 
-    ``app`` offers ``source``, ``originator``, ``codec_for(name)``, ``probe_peers()``, ``core_plugins()``
-    and ``plugin_description()``.
+    ``app`` offers ``source``, ``originator``, ``codec_for(name)``, ``served_chunks(n_bytes)`` (the
+    metrics), ``probe_peers()``, ``core_plugins()`` and ``plugin_description()``.
     """
 
     def chunks(request: Request) -> Response:
         query = ChunkRequest.parse(request.groups[0], request.args)
         data = app.source.read(query)
         codec = app.codec_for(query.compression)
-        return Response(200, codec.encode(data), codec.content_type)
+        body = codec.encode(data)
+        app.served_chunks(len(body))
+        return Response(200, body, codec.content_type)
 
     def lookup(request: Request) -> Response:
         limits = app.config.limits

@@ -96,6 +96,7 @@ class PeerTransport:
         self._requests = requests_module
         self.config = config
         self._local = threading.local()
+        self.on_retry: Callable[[], None] = lambda: None  # called before each retry of call() (the metrics)
 
     def url(self, peer: PeerConfig, uri: str) -> str:
         return peer.url.rstrip("/") + "/" + uri.lstrip("/")
@@ -203,6 +204,7 @@ class PeerTransport:
             if not error.retryable or attempt == retries:
                 break
             delay = min(MAX_BACKOFF, 2.0 ** attempt)
+            self.on_retry()
             if stop_event is not None:
                 if stop_event.wait(delay):
                     break

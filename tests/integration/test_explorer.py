@@ -57,6 +57,16 @@ def assert_study_at(server, files):
         assert hashlib.md5(server.get(f"/instances/{instance_id}/file").content).hexdigest() == f.md5
 
 
+def assert_sizes_said(text, content):
+    """The dialog says "X of Y MB" in the instances' own size (X = Y at the end), the wire's bytes apart."""
+    said = re.search(r"(\d+) of (\d+) MB, (\d+) MB on the wire, (\d+) KB/s", text)
+    assert said, text
+    completed, total, wire, _ = (int(g) for g in said.groups())
+    assert completed == total == content["TotalSizeMB"] == content["CompletedSizeMB"], (text, content)
+    assert wire == content["WireSizeMB"], (text, content)
+    assert "left" not in text  # no time left once it is done
+
+
 def open_dialog(page, a, study):
     page.goto(f"{a.url}/app/explorer.html#study?uuid={study}")
     button = page.locator("#study-transfers")
@@ -80,13 +90,15 @@ def test_send_from_the_explorer_in_push_and_pull_mode(servers, browser):
     page.select_option("#transfers-compression", "gzip")
     page.click("#transfers-send")
     page.locator("#transfers-status[data-state='Success']").wait_for(timeout=60000)
-    assert "Transfer complete" in page.inner_text("#transfers-status")
+    text = page.inner_text("#transfers-status")
+    assert "Transfer complete" in text
     page.screenshot(path=str(ARTIFACTS / "explorer-transfers-push.png"))
     assert_study_at(b, files)
     page.click("#transfers-close")
     page.locator("#transfers-dialog").wait_for(state="detached", timeout=10000)
     jobs = [j for j in a.get_json("/jobs?expand") if j["Type"] == "PushTransfer"]
     assert jobs and jobs[-1]["State"] == "Success" and jobs[-1]["Content"]["Compression"] == "gzip"
+    assert_sizes_said(text, jobs[-1]["Content"])
 
     clear(b)
     open_dialog(page, a, study)
@@ -102,6 +114,7 @@ def test_send_from_the_explorer_in_push_and_pull_mode(servers, browser):
     assert wait_job(b, remote_job)["State"] == "Success"
     follow = [j for j in a.get_json("/jobs?expand") if j["Type"] == "RemotePullTransfer"]
     assert follow and follow[-1]["State"] == "Success" and follow[-1]["Content"]["RemoteJob"] == remote_job
+    assert_sizes_said(text, b.get_json(f"/jobs/{remote_job}")["Content"])
     assert_study_at(b, files)
     assert errors == [], errors
 

@@ -24,6 +24,9 @@ class FakeJobContext:
         with self.lock:
             self.changes.append(time.monotonic())
 
+    def drop_content(self, *keys: str) -> None:
+        pass
+
     def set_progress(self, fraction: float) -> None:
         pass
 

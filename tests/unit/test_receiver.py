@@ -1100,3 +1100,47 @@ def test_a_disk_error_discards_the_transaction_and_its_sender_keeps_being_told_w
             again()
     with pytest.raises(NotFound):
         receiver.put(str(__import__("uuid").uuid4()), 0, b"")
+
+
+# --- metrics (the C++ plugin 1.7's names) ---------------------------------------------------------------
+
+def test_the_push_metrics_count_a_commit_and_every_kind_of_abort(root):
+    clock = FakeClock()
+    transfers = [Transfer("gzip", seed=s) for s in range(4)]
+    store = FakeStore({i: d for t in transfers for i, d in t.files.items()})
+    receiver = make_receiver(root, store, max_transactions=2, idle_timeout=3600, clock=clock)
+    m = receiver.metrics()
+    assert m["orthanc_transfers_available_push_count"] == 2 and m["orthanc_transfers_created_push_count"] == 0
+    committed = receiver.create(transfers[0].descriptor)
+    put_all(receiver, committed, transfers[0])
+    clock.advance(2.5)
+    receiver.commit(committed)
+    discarded = receiver.create(transfers[1].descriptor)
+    receiver.put(discarded, 0, transfers[1].body(0))
+    receiver.discard(discarded)
+    with pytest.raises(NotFound):
+        receiver.discard(discarded)  # a second DELETE: 404, counted once
+    idle = [receiver.create(transfers[2].descriptor), receiver.create(transfers[3].descriptor)]
+    clock.advance(4000)
+    assert sorted(receiver.expire_idle()) == sorted(idle)  # two aborts
+    m = receiver.metrics()
+    raw = sum(len(d) for d in transfers[0].files.values())
+    bodies = sum(len(transfers[0].body(i)) for i in range(transfers[0].n_buckets)) + len(transfers[1].body(0))
+    assert m == {"orthanc_transfers_available_push_count": 2, "orthanc_transfers_created_push_count": 4,
+                 "orthanc_transfers_committed_push_count": 1, "orthanc_transfers_aborted_push_count": 3,
+                 "orthanc_transfers_push_total_received_bytes_count": raw,
+                 "orthanc_transfers_push_total_time_spent_in_reception_ms": 2500,
+                 "orthanc_transfers_push_total_time_spent_in_commit_ms": 0,
+                 "orthanc_transfers_push_received_bytes_count": bodies}
+
+
+def test_an_evicted_transaction_is_an_abort(root):
+    clock = FakeClock()
+    transfers = [Transfer("none", seed=s) for s in range(2)]
+    receiver = make_receiver(root, FakeStore({}), max_transactions=1, clock=clock)
+    receiver.create(transfers[0].descriptor)
+    clock.advance(60)
+    receiver.create(transfers[1].descriptor)  # evicts the idle one
+    m = receiver.metrics()
+    assert (m["orthanc_transfers_created_push_count"], m["orthanc_transfers_aborted_push_count"],
+            m["orthanc_transfers_committed_push_count"], m["orthanc_transfers_available_push_count"]) == (2, 1, 0, 0)

@@ -205,6 +205,10 @@ class FakeApp:
         self.source = FakeSource()
         self.core = list(core)
         self.peer_answers = {"b": "installed", "a": "disabled"}
+        self.served = []
+
+    def served_chunks(self, n_bytes):
+        self.served.append(n_bytes)
 
     def codec_for(self, name):
         return get_codec(name)
@@ -266,6 +270,7 @@ def test_chunks_gzip_is_a_single_member(router, app):
     assert d.eof and d.unused_data == b""  # one member, nothing after it
     assert gzip.decompress(r.body) == app.source.payload
     assert app.source.read_requests[0].compression == "gzip"
+    assert app.served == [len(r.body)]  # the metrics count the bytes on the wire
 
 
 @pytest.mark.parametrize("args", [{"offset": "-1"}, {"size": "x"}, {"compression": "GZIP"}, {"offset": "1.5"}])

@@ -39,6 +39,38 @@
     return m + ' min ' + (seconds % 60) + ' s';
   }
 
+  function number(value) {
+    return (typeof value === 'number' && isFinite(value)) ? value : null;
+  }
+
+  // "X of Y MB", both in the instances' own size (CompletedSizeMB, from our plugin), then the bytes on the
+  // wire and the speed; a C++ peer's job only says the wire's bytes, which are not a part of the total.
+  function describeSizes(stats) {
+    var total = number(stats.TotalSizeMB) || 0;
+    var completed = number(stats.CompletedSizeMB);
+    var wire = number(stats.WireSizeMB);
+    if (wire === null) {
+      wire = number(stats.UploadedSizeMB) || number(stats.DownloadedSizeMB) || 0;
+    }
+    var speed = (number(stats.NetworkSpeedKBs) || 0) + ' KB/s';
+    if (completed !== null) {
+      return completed + ' of ' + total + ' MB, ' + wire + ' MB on the wire, ' + speed;
+    }
+    return total + ' MB to transfer, ' + wire + ' MB on the wire so far, ' + speed;
+  }
+
+  // The job's own estimate (RemainingSeconds) when it gives one; otherwise, from the progress so far.
+  function timeLeft(stats, progress, elapsed) {
+    var remaining = number(stats.RemainingSeconds);
+    if (remaining !== null) {
+      return Math.max(0, remaining);
+    }
+    if ('CompletedSizeMB' in stats) {
+      return null;  // our plugin says nothing yet: too early to mean something
+    }
+    return (progress > 0 && progress < 100) ? elapsed * (100 - progress) / progress : null;
+  }
+
   function setStatus(state, html) {
     $('#transfers-status').attr('data-state', state).html(html);
   }
@@ -61,20 +93,17 @@
         var remote = job.Type === 'RemotePullTransfer';
         var stats = remote ? (content.RemoteContent || {}) : content;  // the peer's job's numbers
         var progress = job.Progress || 0;
-        var speed = stats.NetworkSpeedKBs || 0;
         var elapsed = (new Date().getTime() - started) / 1000;
-        var eta = (progress > 0 && progress < 100) ? elapsed * (100 - progress) / progress : NaN;
         var lines = [
           '<b>Job ' + escapeHtml(job.State) + '</b>: ' + progress + ' %' +
             (remote ? ' (pull mode: peer <b>' + escapeHtml(content.Peer) + '</b> runs the transfer as its job <code>' +
                       escapeHtml(content.RemoteJob) + '</code>, ' + escapeHtml(content.RemoteState || 'Pending') + ')'
                     : ''),
-          (stats.CompletedHttpQueries || 0) + ' bucket(s) ' + (remote ? 'fetched, ' : 'sent, ') +
-            (stats.UploadedSizeMB || stats.DownloadedSizeMB || 0) + ' MB of ' + (stats.TotalSizeMB || 0) +
-            ' MB, ' + speed + ' KB/s',
+          (stats.CompletedHttpQueries || 0) + ' bucket(s) ' + (remote ? 'fetched, ' : 'sent, ') + describeSizes(stats),
         ];
-        if (eta === eta) {  // not NaN
-          lines.push('About ' + formatDuration(eta) + ' left');
+        var left = timeLeft(stats, progress, elapsed);
+        if (left !== null && job.State !== 'Success') {
+          lines.push('About ' + formatDuration(left) + ' left');
         }
         lines.push('<a href="#job?uuid=' + encodeURIComponent(jobId) + '" rel="close">Open the job page</a>');
         if (job.State === 'Success') {

@@ -127,6 +127,12 @@ class JobContext:
             self.record.content.update(values)
         self._engine._mark_dirty()
 
+    def drop_content(self, *keys: str) -> None:
+        with self._engine._lock:
+            for key in keys:
+                self.record.content.pop(key, None)
+        self._engine._mark_dirty()
+
     def update_resume_state(self, **values: Any) -> None:
         with self._engine._lock:
             self.record.resume_state.update(values)
@@ -288,6 +294,11 @@ class JobEngine:
             if record is None:
                 raise NotFound(f"Unknown job {job_id}")
             return record.to_json(self.clock())
+
+    def types_and_states(self) -> List[Dict[str, str]]:
+        """The ``Type`` and ``State`` of every job in the engine (for the metrics)."""
+        with self._lock:
+            return [{"Type": r.type, "State": r.state} for r in self._jobs.values()]
 
     def list_ids(self) -> List[str]:
         with self._lock:

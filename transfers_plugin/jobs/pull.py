@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..importer import import_instances, rollback
 from ..journal import created_since, last_change
+from ..metrics import PULL_RECEIVED_BYTES, RETRIES, Metrics
 from ..planner import balance_last_round, chunks_uri, pull_buckets
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -57,6 +58,7 @@ from ..transport import (
 )
 from ..workers import Place, run_pool
 from .engine import JobContext, JobStopped
+from .meter import progress_content, remaining_seconds
 from .model import JobRecord
 
 JOB_TYPE = "PullTransfer"
@@ -102,10 +104,11 @@ class PullJobType:
     def __init__(self, config: TransfersConfig, peers: Callable[[], Dict[str, PeerConfig]],
                  transport: PeerTransport, store: Any, download_root: Path,
                  log_info: Callable[[str], None] = lambda m: None,
-                 log_warning: Callable[[str], None] = lambda m: None):
+                 log_warning: Callable[[str], None] = lambda m: None, metrics: Optional[Metrics] = None):
         self.config = config
         self.peers = peers
         self.transport = transport
+        self.metrics = metrics if metrics is not None else Metrics()
         self.store = store
         self.download_root = Path(download_root)
         self.log_info = log_info
@@ -140,7 +143,8 @@ class PullJobType:
         total = sum(i.size for i in instances)
         ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(total))
         if not instances:
-            ctx.update_content(CompletedHttpQueries=0, DownloadedSizeMB=0, NetworkSpeedKBs=0)
+            ctx.update_content(CompletedHttpQueries=0, DownloadedSizeMB=0, NetworkSpeedKBs=0,
+                               **progress_content(0, 0, 0), RemainingSeconds=0)
             return
         buckets = pull_buckets([(i.id, i.size) for i in instances], state["BucketSizeKB"], peer.url,
                                query.compression)
@@ -203,6 +207,13 @@ class PullJobType:
         last_completion = [started]
         moved_this_run = [0]
         codec = codecs.get_codec(query.compression)
+        # Progress in the instances' own bytes: those of the verified instances, those of the buckets (and
+        # slices of buckets) in, and those moved in this run (the rate of the time left).
+        size_of = {i.id: i.size for i in instances}
+        total = sum(size_of.values())
+        verified_bytes = [sum(size_of[i] for i in verified)]
+        raw_done = [sum(buckets[index].total_size for index in done)]
+        raw_moved = [0]
 
         def publish(final: bool = False) -> None:
             with lock:
@@ -212,7 +223,16 @@ class PullJobType:
                                         DownloadedBytes=downloaded[0])
                 ctx.update_content(CompletedHttpQueries=len(done), DownloadedSizeMB=round_mb(downloaded[0]),
                                    NetworkSpeedKBs=network_speed_kbs(moved_this_run[0],
-                                                                     last_completion[0] - started))
+                                                                     last_completion[0] - started),
+                                   **progress_content(total, verified_bytes[0], downloaded[0]))
+                # Until every instance is verified, what is in counts, but never as everything.
+                left = remaining_seconds(total, verified_bytes[0] if len(verified) == len(instances)
+                                         else min(raw_done[0], max(0, total - 1)), raw_moved[0],
+                                         time.monotonic() - started)
+                if left is None:
+                    ctx.drop_content("RemainingSeconds")
+                else:
+                    ctx.update_content(RemainingSeconds=left)
                 ctx.set_progress(progress(len(done), len(buckets)))
 
         def check_instances(ids: List[str]) -> None:
@@ -225,6 +245,8 @@ class PullJobType:
                         again = md5_failures[iid] <= self.config.max_http_retries
                         if again:
                             for index in buckets_of[iid]:
+                                if index in done:
+                                    raw_done[0] -= buckets[index].total_size
                                 done.discard(index)
                                 pieces_left[index] = 1
                                 work.put((index, buckets[index]))
@@ -233,6 +255,8 @@ class PullJobType:
                     self.log_warning(f"Transfers: job {ctx.id}: {e.message}; fetching its buckets again")
                     continue
                 with lock:
+                    if iid not in verified:
+                        verified_bytes[0] += size_of[iid]
                     verified.add(iid)
 
         def fetch(item: Tuple[int, Bucket], place: Place) -> None:
@@ -281,10 +305,14 @@ class PullJobType:
                     return  # stopped meanwhile: this bucket is fetched again if the job goes on
                 downloaded[0] += received
                 moved_this_run[0] += received
+                raw_moved[0] += bucket.total_size
                 last_completion[0] = time.monotonic()
+                self.metrics.add(PULL_RECEIVED_BYTES, received)
                 pieces_left[index] -= 1
                 if pieces_left[index] > 0:
                     return
+                if index not in done:
+                    raw_done[0] += buckets[index].total_size
                 done.add(index)
                 complete = [iid for iid in carried[index]
                             if iid not in verified and buckets_of[iid] <= done]
@@ -308,6 +336,7 @@ class PullJobType:
                         raise error from None
                     delay = min(10.0, 2.0 ** attempt)
                     attempt += 1
+                    self.metrics.add(RETRIES)
                     self.log_warning(f"Transfers: job {ctx.id}: bucket {index} failed ({error}); "
                                      f"attempt {attempt + 1} in {delay:.0f} s")
                     if ctx.stop_event.wait(delay) or not place.hold():  # a retry takes a place again

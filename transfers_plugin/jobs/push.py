@@ -21,7 +21,9 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from ..config import PeerConfig, TransfersConfig
+from ..download_area import instances_of
 from ..errors import NetworkProtocol, NotFound, TransfersError
+from ..metrics import PUSH_SENT_BYTES, Metrics
 from ..planner import balance_last_round, push_buckets
 from ..protocol import PEER_ID, Bucket, InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, round_mb
 from ..transport import (
@@ -35,6 +37,7 @@ from ..transport import (
 )
 from ..workers import Place, Prefetcher, run_pool
 from .engine import JobContext
+from .meter import progress_content, remaining_seconds
 from .model import JobRecord
 from .pull import STOP_GRACE, network_speed_kbs, progress
 
@@ -68,10 +71,11 @@ class PushJobType:
 
     def __init__(self, config: TransfersConfig, peers: Callable[[], Dict[str, PeerConfig]],
                  transport: PeerTransport, source: Any, log_info: Callable[[str], None] = lambda m: None,
-                 log_warning: Callable[[str], None] = lambda m: None):
+                 log_warning: Callable[[str], None] = lambda m: None, metrics: Optional[Metrics] = None):
         self.config = config
         self.peers = peers
         self.transport = transport
+        self.metrics = metrics if metrics is not None else Metrics()
         self.source = source
         self.log_info = log_info
         self.log_warning = log_warning
@@ -188,11 +192,31 @@ class PushJobType:
         lock = threading.Lock()
         ended = [False]  # the upload returned: a PUT still waiting for its answer changes nothing any more
         path = state["Transaction"]
+        # Progress in the instances' own bytes: an instance is completed once every bucket carrying a part
+        # of it is acknowledged; the time left comes from the instance bytes acknowledged in this run.
+        size_of = {i.id: i.size for i in descriptor.instances}
+        total = sum(size_of.values())
+        carried = instances_of(buckets)
+        waiting: Dict[str, int] = {iid: 0 for iid in size_of}
+        for index, ids in carried.items():
+            if index not in done:
+                for iid in ids:
+                    waiting[iid] += 1
+        completed = [sum(size for iid, size in size_of.items() if waiting[iid] == 0)]
+        raw_done = [sum(buckets[index].total_size for index in done)]
+        raw_moved = [0]
 
         def publish() -> None:  # with the lock held
             ctx.update_resume_state(DoneBuckets=sorted(done), UploadedBytes=uploaded[0])
             ctx.update_content(CompletedHttpQueries=len(done), UploadedSizeMB=round_mb(uploaded[0]),
-                               NetworkSpeedKBs=network_speed_kbs(moved[0], last[0] - started))
+                               NetworkSpeedKBs=network_speed_kbs(moved[0], last[0] - started),
+                               **progress_content(total, completed[0], uploaded[0]))
+            left = remaining_seconds(total, completed[0] if len(done) == len(buckets)
+                                     else min(raw_done[0], max(0, total - 1)), raw_moved[0], time.monotonic() - started)
+            if left is None:
+                ctx.drop_content("RemainingSeconds")
+            else:
+                ctx.update_content(RemainingSeconds=left)
             ctx.set_progress(progress(len(done), len(buckets)))
 
         def handle(index: int, place: Place) -> None:
@@ -219,10 +243,18 @@ class PushJobType:
             with lock:
                 if ended[0]:
                     return  # the job stopped meanwhile: this bucket is sent again if it goes on
+                if index not in done:
+                    raw_done[0] += buckets[index].total_size
+                    raw_moved[0] += buckets[index].total_size
+                    for iid in carried.get(index, ()):
+                        waiting[iid] -= 1
+                        if waiting[iid] == 0:
+                            completed[0] += size_of[iid]
                 done.add(index)
                 uploaded[0] += len(body)
                 moved[0] += len(body)
                 last[0] = time.monotonic()
+                self.metrics.add(PUSH_SENT_BYTES, len(body))
                 publish()
 
         with lock:

@@ -114,6 +114,21 @@ def parse_remote_job(document: Any, job_id: str, peer_name: str) -> RemoteJobSta
                            clean_text(document.get("ErrorDetails", ""), DETAILS_LIMIT), content)
 
 
+# The remote job's progress in the instances' own size (our plugin's, issue 14), shown as this job's own
+# when the remote job gives it (a C++ peer's does not).
+PROGRESS_KEYS = ("TotalSizeMB", "CompletedSizeMB", "WireSizeMB", "NetworkSpeedKBs", "RemainingSeconds")
+
+
+def mirrored_progress(remote_content: Dict[str, Any]) -> Dict[str, int]:
+    """The keys of ``PROGRESS_KEYS`` that the remote Content has as non-negative integers."""
+    values = {}
+    for key in PROGRESS_KEYS:
+        value = remote_content.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            values[key] = value
+    return values
+
+
 class RemoteJobFailed(TransfersError):
     """The peer's job failed: the local job fails with its error code, in words that say where it failed."""
 
@@ -214,8 +229,9 @@ class RemotePullJobType:
                 continue
             failures = 0
             ctx.set_progress(status.progress / 100.0)
-            news = {"RemoteState": status.state, "RemoteContent": status.content}
+            news = {"RemoteState": status.state, "RemoteContent": status.content, **mirrored_progress(status.content)}
             if news != shown_content:
+                ctx.drop_content(*(k for k in PROGRESS_KEYS if k not in news))
                 ctx.update_content(**news)
                 shown_content = news
             if status.state == SUCCESS:
