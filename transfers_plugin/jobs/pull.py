@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import codec as codecs
+from ..bandwidth import RateLimiter, cap_kbs
 from ..commitment import CommitmentError
 from ..config import PeerConfig, TransfersConfig
 from ..download_area import DownloadArea, check_room, free_space, instances_of
@@ -30,6 +31,7 @@ from ..errors import (
     OrthancUnavailable,
     TransfersError,
 )
+from ..holdings import held
 from ..importer import import_instances, rollback
 from ..journal import created_since, last_change
 from ..planner import balance_last_round, chunks_uri, pull_buckets
@@ -130,15 +132,26 @@ class PullJobType:
 
         if "Instances" not in state:
             instances = self.lookup(ctx, query, peer)
+            skipped: List[InstanceInfo] = []
+            if query.skip_existing:
+                # What this Orthanc already holds with the same size and MD5 is left out before any byte moves;
+                # the rest is transferred, and committed all or nothing, as before.
+                holds = set(held(self.store, instances))
+                skipped = [i for i in instances if i.id in holds]
+                instances = [i for i in instances if i.id not in holds]
+                ctx.check()
             # Fails at once, before any file is created, when the instances do not fit.
             check_room(self.download_root, sum(i.size for i in instances), free_space(self.download_root),
                        "transfer")
             ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=self.config.bucket_size_kb,
-                                    DoneBuckets=[], Verified=[], DownloadedBytes=0, Imported=[], Created=[])
+                                    DoneBuckets=[], Verified=[], DownloadedBytes=0, Imported=[], Created=[],
+                                    SkippedInstances=len(skipped), SkippedBytes=sum(i.size for i in skipped))
             ctx.save_now()
         instances = [InstanceInfo.from_json(i) for i in state["Instances"]]
         total = sum(i.size for i in instances)
-        ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(total))
+        ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(total),
+                           SkippedInstances=int(state.get("SkippedInstances", 0)),
+                           SkippedSizeMB=round_mb(int(state.get("SkippedBytes", 0))))
         if not instances:
             ctx.update_content(CompletedHttpQueries=0, DownloadedSizeMB=0, NetworkSpeedKBs=0)
             return
@@ -203,6 +216,7 @@ class PullJobType:
         last_completion = [started]
         moved_this_run = [0]
         codec = codecs.get_codec(query.compression)
+        limiter = RateLimiter.of_kbs(cap_kbs(query.max_bandwidth_kbs, self.config.max_bandwidth_kbs))
 
         def publish(final: bool = False) -> None:
             with lock:
@@ -257,6 +271,8 @@ class PullJobType:
                         if ctx.stop_event.is_set():
                             return
                         received += len(piece)
+                        if limiter is not None and not limiter.acquire(len(piece), ctx.stop_event):
+                            return
                         writer.write(decoder.update(piece))
                         if tail.hides_next_request(received, time.monotonic()):
                             place.release()  # the next bucket's request overlaps the end of this answer
