@@ -1,10 +1,13 @@
 """A bandwidth cap shared by the workers of one job: a token bucket over the bytes a job moves on the network.
 
 ``MaxBandwidthKBs`` (the ``Transfers`` section, or a request's body) caps the bytes a transfer job reads from
-or writes to the network, compressed as they travel, over all its worker threads together. Each worker asks
-for the bytes of the piece it just received, or is about to send (at most a few hundred KB), so the rate is
-smooth; a piece larger than the bucket's depth is allowed, and the ones after it wait for the debt to be
-paid. Nothing here touches the network: the caller says how many bytes moved.
+or writes to the network, compressed as they travel, over all its worker threads together. A push's worker
+asks for each slice of a PUT body before it hands it to the connection (256 KB), so the rate is smooth. A
+pull's worker asks for a bucket before it requests it (the source sends an answer at the speed of the link,
+and the operating system's buffers would take several MB of it at once, whatever the pace of the reading),
+its buckets planned small (``capped_bucket_kb``), and gives back what a compressed answer did not use. A
+request larger than the bucket's depth is allowed, and the ones after it wait for the debt to be paid.
+Nothing here touches the network: the caller says how many bytes move.
 """
 
 import threading
@@ -43,6 +46,12 @@ class RateLimiter:
             self._tokens -= n
             return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def refund(self, n: int) -> None:
+        """Gives back ``n`` bytes reserved but not moved (a gzip answer smaller than the bucket it carries);
+        a negative ``n`` charges bytes moved beyond the reservation."""
+        with self._lock:
+            self._tokens = min(self.burst, self._tokens + n)
+
     def acquire(self, n: int, stop_event: Any = None) -> bool:
         """Waits until ``n`` bytes may move; False when ``stop_event`` was set meanwhile (the job stops)."""
         wait = self.reserve(n)
@@ -52,6 +61,12 @@ class RateLimiter:
             return not stop_event.wait(wait)
         time.sleep(wait)
         return True
+
+
+def capped_bucket_kb(bucket_size_kb: int, kbs: int) -> int:
+    """A pull's bucket size under a cap: at most a quarter of a second's worth (at least 64 KB), so that
+    the answers, which a source sends at the speed of the link, arrive in small bursts at the capped rate."""
+    return min(bucket_size_kb, max(64, kbs // 4)) if kbs else bucket_size_kb
 
 
 def cap_kbs(requested: Optional[int], configured: int) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import codec as codecs
-from ..bandwidth import RateLimiter, cap_kbs
+from ..bandwidth import RateLimiter, cap_kbs, capped_bucket_kb
 from ..commitment import CommitmentError
 from ..config import PeerConfig, TransfersConfig
 from ..download_area import DownloadArea, check_room, free_space, instances_of
@@ -143,7 +143,9 @@ class PullJobType:
             # Fails at once, before any file is created, when the instances do not fit.
             check_room(self.download_root, sum(i.size for i in instances), free_space(self.download_root),
                        "transfer")
-            ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=self.config.bucket_size_kb,
+            bucket_kb = capped_bucket_kb(self.config.bucket_size_kb,
+                                         cap_kbs(query.max_bandwidth_kbs, self.config.max_bandwidth_kbs))
+            ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=bucket_kb,
                                     DoneBuckets=[], Verified=[], DownloadedBytes=0, Imported=[], Created=[],
                                     SkippedInstances=len(skipped), SkippedBytes=sum(i.size for i in skipped))
             ctx.save_now()
@@ -256,6 +258,8 @@ class PullJobType:
                 skip = set(verified)
             if ctx.stop_event.is_set():
                 return
+            if limiter is not None and not limiter.acquire(bucket.total_size, ctx.stop_event):
+                return  # the bucket's bytes reserved before it is asked for; what gzip saves is given back below
             asked = time.monotonic()
             response = self.transport.stream(peer, uri)
             try:
@@ -271,8 +275,6 @@ class PullJobType:
                         if ctx.stop_event.is_set():
                             return
                         received += len(piece)
-                        if limiter is not None and not limiter.acquire(len(piece), ctx.stop_event):
-                            return
                         writer.write(decoder.update(piece))
                         if tail.hides_next_request(received, time.monotonic()):
                             place.release()  # the next bucket's request overlaps the end of this answer
@@ -282,6 +284,8 @@ class PullJobType:
                     writer.write(decoder.finish())
                 finally:
                     writer.close(complete=False)
+                if limiter is not None:
+                    limiter.refund(bucket.total_size - received)
                 if writer.position != bucket.total_size:
                     raise NetworkProtocol(f"Bucket {index} from peer {peer.name!r} has {writer.position} bytes "
                                           f"instead of {bucket.total_size}")
