@@ -174,7 +174,8 @@ class Application:
             wanted[BANDWIDTH_CAP] = ("MaxBandwidthKBs", query.max_bandwidth_kbs)
         if not wanted:
             return {}
-        caps = PeerCapabilities(self.transport, self.api.log_warning).of(peer)
+        caps = PeerCapabilities(self.transport, self.api.log_warning,
+                                float(self.config.peer_connectivity_timeout)).of(peer)
         out = {}
         for feature, (key, value) in wanted.items():
             if caps is not None and caps.supports(feature):

@@ -85,17 +85,20 @@ def parse_capabilities(document: Any) -> Capabilities:
 
 
 def ask(transport: Any, peer: Any, stop_event: Any = None,
-        log_warning: Callable[[str], None] = lambda m: None) -> Optional[Capabilities]:
+        log_warning: Callable[[str], None] = lambda m: None,
+        timeout: Optional[float] = None) -> Optional[Capabilities]:
     """The capabilities of ``peer``, None for a C++ peer, a peer without the plugin, a peer that cannot be
-    reached (the transfer itself then says why) or one whose answer is not valid (it gets everything)."""
+    reached or does not answer within ``timeout`` (``PeerConnectivityTimeout``, as the ``/plugins`` probes;
+    the transfer itself then says what is wrong with the peer) or one whose answer is not valid: it gets
+    everything. A stop (pause, cancel) does not wait for the answer."""
+    def get(uri: str) -> Any:
+        return transport.call(peer, "GET", uri, expect_json=True, retries=0, stop_event=stop_event, timeout=timeout,
+                              max_bytes=MAX_ANSWER_BYTES, abandon_on_stop=stop_event is not None).document
+
     try:
-        info = transport.call(peer, "GET", PLUGIN_INFO_URI, expect_json=True, retries=0, stop_event=stop_event,
-                              max_bytes=MAX_ANSWER_BYTES)
-        if not advertises(info.document):
+        if not advertises(get(PLUGIN_INFO_URI)):
             return None
-        answer = transport.call(peer, "GET", CAPABILITIES_URI, expect_json=True, retries=0, stop_event=stop_event,
-                                max_bytes=MAX_ANSWER_BYTES)
-        return parse_capabilities(answer.document)
+        return parse_capabilities(get(CAPABILITIES_URI))
     except TransfersError as e:
         log_warning(f"Transfers: the capabilities of peer {peer.name!r} are unknown ({e.message}): it is treated as "
                     f"a C++ peer")
@@ -118,9 +121,11 @@ def from_state(value: Any) -> Optional[Capabilities]:
 class PeerCapabilities:
     """Each peer asked once: the cache of one job (or of one send in pull mode)."""
 
-    def __init__(self, transport: Any, log_warning: Callable[[str], None] = lambda m: None):
+    def __init__(self, transport: Any, log_warning: Callable[[str], None] = lambda m: None,
+                 timeout: Optional[float] = None):
         self.transport = transport
         self.log_warning = log_warning
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._known: Dict[str, Optional[Capabilities]] = {}
 
@@ -128,7 +133,7 @@ class PeerCapabilities:
         with self._lock:
             if peer.name in self._known:
                 return self._known[peer.name]
-        found = ask(self.transport, peer, stop_event, self.log_warning)
+        found = ask(self.transport, peer, stop_event, self.log_warning, self.timeout)
         with self._lock:
             self._known[peer.name] = found
         return found

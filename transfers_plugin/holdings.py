@@ -52,7 +52,8 @@ def ask_peer(transport: Any, peer: Any, instances: List[InstanceInfo], headers: 
         batch = instances[start:start + HOLDS_BATCH]
         body = dumps_compact({"Instances": [i.to_json() for i in batch]})
         answer = transport.call(peer, "POST", HOLDS_URI, body=body, headers=headers, expect_json=True,
-                                stop_event=stop_event, max_bytes=64 * (len(batch) + 16))
+                                stop_event=stop_event, abandon_on_stop=stop_event is not None,
+                                max_bytes=64 * (len(batch) + 16))
         asked = {i.id for i in batch}
         document = answer.document
         ids = document.get("Held") if isinstance(document, dict) else None

@@ -128,7 +128,8 @@ class PushJobType:
         if "PeerCapabilities" in state:
             caps = capabilities.from_state(state["PeerCapabilities"])
         else:
-            caps = capabilities.ask(self.transport, peer, ctx.stop_event, self.log_warning)
+            caps = capabilities.ask(self.transport, peer, ctx.stop_event, self.log_warning,
+                                    float(self.config.peer_connectivity_timeout))
             ctx.update_resume_state(PeerCapabilities=caps.to_json() if caps is not None else None)
         ctx.check()
         if caps is None or not caps.supports(capabilities.SKIP_EXISTING):
