@@ -1,6 +1,7 @@
 """Benchmark: how long a study takes to cross the link, with each way of sending it.
 
     scripts/bench.sh [--ct 200] [--mr 0] [--runs 3] [--profiles loopback,wan] [--cxx-plugin [LABEL=]PATH ...]
+    scripts/bench.sh --cap-kbs 2000 --ct 150 --modes push-none,pull-none   # the bandwidth cap's figure
 
 Starts real Orthanc peers A (source) and B (target), generates a synthetic study, and times, on each
 network profile (loopback, and a WAN emulated by tools/wan.py between A and B):
@@ -28,6 +29,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -294,6 +296,115 @@ def chart(results: List[Dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+class ByteTimeline:
+    """The bytes a counting proxy has seen, sampled every ``period`` seconds in a thread of its own."""
+
+    def __init__(self, count: Callable[[], int], period: float = 0.1):
+        self.count = count
+        self.period = period
+        self.samples: List[Tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="bench-timeline")
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.monotonic(), self.count()))
+            if self._stop.wait(self.period):
+                self.samples.append((time.monotonic(), self.count()))
+                return
+
+    def __enter__(self) -> "ByteTimeline":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def steady_rate(samples: List[Tuple[float, int]], low: float = 0.05, high: float = 0.95) -> Tuple[float, float]:
+    """Bytes per second between the moments the count reached ``low`` and ``high`` of its final value (what
+    the cap governs: the start's lookup and the end's commit move almost nothing), and that span's seconds."""
+    start, total = samples[0][1], samples[-1][1] - samples[0][1]
+    if total <= 0:
+        return 0.0, 0.0
+    t_low, n_low = next((t, n) for t, n in samples if n - start >= low * total)
+    t_high, n_high = next((t, n) for t, n in samples if n - start >= high * total)
+    span = t_high - t_low
+    return ((n_high - n_low) / span if span > 0 else 0.0), span
+
+
+def measure_cap(args: argparse.Namespace, modes: List[str], studies: List[bytes], workdir: Path,
+                log: Callable[[str], None]) -> List[Dict[str, Any]]:
+    """``--cap-kbs``: each of our modes once on loopback with ``"MaxBandwidthKBs"`` in the request, A and B
+    reaching each other through counting proxies (tools/net_proxy.py): the rate measured on the wire (both
+    directions, headers included) against the cap."""
+    from tools.net_proxy import TcpProxy
+
+    transfers = json.loads(args.transfers) if args.transfers else {}
+    port_a, port_b = free_port(), free_port()
+    to_a, to_b = TcpProxy(port_a).start(), TcpProxy(port_b).start()
+    extra = {"HttpTimeout": 600}
+    a = OrthancServer("a", workdir / "cap" / "a", http_port=port_a, transfers=transfers, extra_config=extra,
+                      peers={"b": {"Url": to_b.url}})
+    b = OrthancServer("b", workdir / "cap" / "b", http_port=port_b, transfers=transfers, extra_config=extra,
+                      peers={"a": {"Url": to_a.url}})
+    rows: List[Dict[str, Any]] = []
+    try:
+        a.start()
+        b.start()
+        ids = [a.upload(d) for d in studies]
+        resources = [{"Level": "Study", "ID": s} for s in sorted({a.get_json(f"/instances/{i}/study")["ID"]
+                                                                  for i in ids})]
+        for mode in modes:
+            direction, compression = mode.split("-")
+            for patient in b.get_json("/patients"):
+                b.request("DELETE", f"/patients/{patient}")
+            proxy = to_a if direction == "pull" else to_b
+            body = {"Resources": resources, "Compression": compression, "MaxBandwidthKBs": args.cap_kbs}
+            with ByteTimeline(lambda p=proxy: p.downstream_bytes + p.upstream_bytes) as timeline:
+                started = time.monotonic()
+                if direction == "push":
+                    r = a.post("/transfers/send", json=dict(body, Peer="b"))
+                    server = a
+                else:
+                    r = b.post("/transfers/pull", json=dict(body, Peer="a"))
+                    server = b
+                r.raise_for_status()
+                job = wait_job(server, r.json()["ID"])
+                elapsed = time.monotonic() - started
+            if job["State"] != "Success":
+                raise RuntimeError(f"{mode}: job failed: {job['ErrorDescription']}")
+            wire = timeline.samples[-1][1] - timeline.samples[0][1]
+            rate, span = steady_rate(timeline.samples)
+            cap = args.cap_kbs * 1024
+            row = {"mode": mode, "cap_kbs": args.cap_kbs, "seconds": elapsed, "wire_bytes": wire,
+                   "overall_kbs": wire / elapsed / 1024, "steady_kbs": rate / 1024, "steady_seconds": span,
+                   "steady_vs_cap": rate / cap,
+                   "timeline": [(round(t - started, 2), n - timeline.samples[0][1]) for t, n in timeline.samples[::5]]}
+            rows.append(row)
+            log(f"  capped {mode}: {wire / 1e6:.1f} MB on the wire in {elapsed:.1f} s; steady {rate / 1024:.0f} KB/s "
+                f"over {span:.1f} s = {rate / cap:.3f} of the cap {args.cap_kbs} KB/s")
+            if span < 30:
+                log(f"  (the steady part lasted {span:.1f} s, less than 30 s: use a larger --ct or a lower cap)")
+    finally:
+        for server in (a, b):
+            server.stop()
+        to_a.stop()
+        to_b.stop()
+    return rows
+
+
+def cap_report(rows: List[Dict[str, Any]]) -> str:
+    lines = ["| mode | cap KB/s | wire MB | seconds | overall KB/s | steady KB/s (5-95 %) | steady s | steady / cap |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['cap_kbs']} | {r['wire_bytes'] / 1e6:.1f} | {r['seconds']:.1f} | "
+                     f"{r['overall_kbs']:.0f} | {r['steady_kbs']:.0f} | {r['steady_seconds']:.1f} | "
+                     f"{r['steady_vs_cap']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ct", type=int, default=200, help="CT slices of 512x512x16 bits (about 0.5 MB each)")
@@ -311,14 +422,40 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="a C++ plugin's library, to compare with it (rows cxx-* or cxx-LABEL-*); repeatable")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results")
     parser.add_argument("--workdir", type=Path, default=None, help="storage of the servers (a temporary folder)")
+    parser.add_argument("--cap-kbs", type=int, default=0, metavar="KBS",
+                        help="instead of the comparison: our modes (of --modes) once each on loopback with "
+                             '"MaxBandwidthKBs": KBS, the rate measured on the wire against the cap '
+                             "(cap.json, cap.md); choose --ct so that a transfer lasts at least 30 s")
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:
         if m not in ALL_MODES:
             parser.error(f"unknown mode {m}; known: {', '.join(ALL_MODES)}")
+    if args.cap_kbs < 0:
+        parser.error("--cap-kbs must be a positive number of KB per second")
 
     def log(message: str) -> None:
         print(message, flush=True)
+
+    if args.cap_kbs:
+        ours = [m for m in modes if m in OURS] or list(OURS)
+        args.out.mkdir(parents=True, exist_ok=True)
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="transfers-bench-"))
+        studies = list(generate_study(args.ct, 512, 512, modality="CT", seed=2026))
+        log(f"Bandwidth cap {args.cap_kbs} KB/s: {len(studies)} CT slices, "
+            f"{sum(len(d) for d in studies) / 1e6:.1f} MB; {', '.join(ours)}")
+        try:
+            rows = measure_cap(args, ours, studies, workdir, log)
+        finally:
+            if args.workdir is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        table = cap_report(rows)
+        (args.out / "cap.json").write_text(json.dumps({"machine": machine(), "ct": args.ct, "rows": rows,
+                                                       "table": table}, indent=2))
+        (args.out / "cap.md").write_text(table + "\n")
+        log("\n" + table)
+        log(f"\nWritten: {args.out / 'cap.json'}, {args.out / 'cap.md'}")
+        return 0
 
     results: List[Dict[str, Any]] = []
     base = json.loads(args.transfers) if args.transfers else {}

@@ -30,7 +30,8 @@ class TcpProxy:
         self._closed = threading.Event()
         self._refusing = False
         self._corrupt_at: Optional[int] = None
-        self.downstream_bytes = 0
+        self.downstream_bytes = 0  # target to client
+        self.upstream_bytes = 0  # client to target
         self.corrupted = 0
         self.port = 0
 
@@ -139,6 +140,9 @@ class TcpProxy:
                             data = bytes(buf)
                             self._corrupt_at = None
                             self.corrupted += 1
+                else:
+                    with self._lock:
+                        self.upstream_bytes += len(data)
                 dst.sendall(data)
         except OSError:
             pass

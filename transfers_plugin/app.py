@@ -4,6 +4,7 @@
 with a fake one. Nothing here imports ``orthanc``.
 """
 
+import dataclasses
 import sys
 import threading
 import uuid
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import PLUGIN_NAME, __version__
+from .capabilities import BANDWIDTH_CAP, CAPABILITIES_URI, SKIP_EXISTING, PeerCapabilities, local_capabilities
 from .config import ConfigError, TransfersConfig, merge_registered_peers, parse_configuration
 from .download_area import DownloadArea
 from .errors import NetworkProtocol, NotFound, TransfersError, Unavailable, http_status_of
+from .holdings import held
 from .jobs.engine import JobEngine
 from .jobs.model import SUCCESS, JobRecord
 from .jobs.pull import PullJobType
@@ -102,8 +105,15 @@ class Application:
         return self.api.core_plugins()
 
     def plugin_description(self) -> Dict[str, Any]:
+        # "Capabilities" tells our peers (only) that they may ask GET /transfers/capabilities (capabilities.py).
         return {"ID": PLUGIN_NAME, "Version": __version__, "Description": DESCRIPTION,
-                "ExtendsOrthancExplorer": True}
+                "ExtendsOrthancExplorer": True, "Capabilities": CAPABILITIES_URI}
+
+    def capabilities(self) -> Dict[str, Any]:
+        return local_capabilities(__version__)
+
+    def holds(self, instances) -> List[str]:
+        return held(self.api, instances)
 
     def _peer(self, name: str):
         peer = self.peers().get(name)
@@ -115,8 +125,7 @@ class Application:
     def _with_transfer_id(query: TransferQuery) -> TransferQuery:
         if query.sender_transfer_id is not None:
             return query
-        return TransferQuery(query.resources, query.peer, query.compression, query.priority, query.originator,
-                             str(uuid.uuid4()))
+        return dataclasses.replace(query, sender_transfer_id=str(uuid.uuid4()))
 
     def submit_pull(self, query: TransferQuery):
         self._peer(query.peer)
@@ -155,6 +164,7 @@ class Application:
             return {"ID": job.id, "Path": f"/jobs/{job.id}"}
         body = {"Resources": [r.to_json() for r in query.resources], "Compression": query.compression,
                 "Originator": self.originator, "Peer": peer.remote_self}  # no Priority: the peer sets it (as C++)
+        body.update(self.forwarded_options(query, peer))
         answer = self.transport.call(peer, "POST", "/transfers/pull", body=dumps_compact(body), expect_json=True,
                                      headers=transfer_headers(query.sender_transfer_id, "application/json"))
         remote = answer.document
@@ -171,6 +181,27 @@ class Application:
         if synchronous:
             return self.outcome(follow)
         return {**sent, "ID": follow.id, "Path": f"/jobs/{follow.id}"}
+
+    def forwarded_options(self, query: TransferQuery, peer) -> Dict[str, Any]:
+        """What a send in pull mode passes on of our own options: only to our peers (a C++ peer is not even
+        asked for its capabilities unless the request has such an option), each if the peer has its feature."""
+        wanted = {}
+        if not query.skip_existing:
+            wanted[SKIP_EXISTING] = ("SkipExisting", False)
+        if query.max_bandwidth_kbs is not None:
+            wanted[BANDWIDTH_CAP] = ("MaxBandwidthKBs", query.max_bandwidth_kbs)
+        if not wanted:
+            return {}
+        caps = PeerCapabilities(self.transport, self.api.log_warning,
+                                float(self.config.peer_connectivity_timeout)).of(peer)
+        out = {}
+        for feature, (key, value) in wanted.items():
+            if caps is not None and caps.supports(feature):
+                out[key] = value
+            else:
+                self.api.log_warning(f"Transfers: peer {peer.name!r} does not take {key!r} (a C++ peer, or an "
+                                     f"older one): the transfer goes without it")
+        return out
 
     # -- Orthanc events ------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .codec import Codec, get_codec
-from .protocol import MB, Limits
+from .protocol import MAX_BANDWIDTH_KBS, MB, Limits
 
 SECTION = "Transfers"
 
@@ -40,6 +40,8 @@ PLUGIN_INT_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
     "PushTransactionTimeout": (3600, 10, 7 * 24 * 3600, "seconds after which an idle push transaction is discarded"),
     "MaxJsonBodySize": (64, 1, 4096, "largest JSON body accepted from a client or read from a peer, in MB"),
     "MaxTransferInstances": (100_000, 1, 10_000_000, "instances (and buckets, resources) of one transfer"),
+    "MaxBandwidthKBs": (0, 0, MAX_BANDWIDTH_KBS, "network bytes a transfer job sends or receives per second, in KB "
+                                                "(0: no cap)"),
 }
 INT_OPTIONS = {**TRANSFERS_OPTIONS, **PLUGIN_INT_OPTIONS}
 
@@ -90,6 +92,7 @@ class TransfersConfig:
     compression_level: int = 1
     max_json_body_size_mb: int = 64
     max_transfer_instances: int = 100_000
+    max_bandwidth_kbs: int = 0  # 0: no cap
     # Global Orthanc options the plugin follows.
     http_timeout: int = 60  # seconds, 0 means no timeout
     https_verify_peers: bool = True
@@ -133,6 +136,7 @@ _ATTRS = {
     "CompressionLevel": "compression_level",
     "MaxJsonBodySize": "max_json_body_size_mb",
     "MaxTransferInstances": "max_transfer_instances",
+    "MaxBandwidthKBs": "max_bandwidth_kbs",
 }
 
 

@@ -66,6 +66,7 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+MAX_BANDWIDTH_KBS = 10_000_000  # about 10 GB/s: "MaxBandwidthKBs" (request or Transfers section), 0 meaning no cap
 
 
 def shown(value: Any, limit: int = 80) -> str:
@@ -376,6 +377,8 @@ class TransferQuery:
     priority: int = 0
     originator: Optional[str] = None
     sender_transfer_id: Optional[str] = None
+    skip_existing: bool = True  # "SkipExisting" (not in the C++ plugin): leave out what the target holds
+    max_bandwidth_kbs: Optional[int] = None  # "MaxBandwidthKBs" (not in the C++ plugin); None: the configuration's
 
     @classmethod
     def from_json(cls, value: Any, limits: Limits = DEFAULT_LIMITS) -> "TransferQuery":
@@ -395,7 +398,18 @@ class TransferQuery:
         stid = check_token(_require(value, "SenderTransferID", str, where), f"{where}: SenderTransferID",
                            ascii_only=True) \
             if "SenderTransferID" in value else None
-        return cls(resources, peer, compression, priority, originator, stid)
+        skip = True
+        if "SkipExisting" in value:
+            skip = value["SkipExisting"]
+            if not isinstance(skip, bool):
+                raise BadFileFormat(f"{where}: SkipExisting must be true or false, not {shown(skip)}")
+        bandwidth = None
+        if "MaxBandwidthKBs" in value:
+            bandwidth = _require(value, "MaxBandwidthKBs", int, where)
+            if not 0 <= bandwidth <= MAX_BANDWIDTH_KBS:
+                raise ParameterOutOfRange(f"{where}: MaxBandwidthKBs must be from 0 (no cap) to {MAX_BANDWIDTH_KBS}, "
+                                          f"not {shown(bandwidth)}")
+        return cls(resources, peer, compression, priority, originator, stid, skip, bandwidth)
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {
@@ -408,6 +422,10 @@ class TransferQuery:
             out["Originator"] = self.originator
         if self.sender_transfer_id is not None:
             out["SenderTransferID"] = self.sender_transfer_id
+        if not self.skip_existing:
+            out["SkipExisting"] = False
+        if self.max_bandwidth_kbs is not None:
+            out["MaxBandwidthKBs"] = self.max_bandwidth_kbs
         return out
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .errors import MethodNotAllowed, ParameterOutOfRange, TransfersError
+from .holdings import holds_answer, parse_holds_request
 from .protocol import (
     ChunkRequest,
     Limits,
@@ -108,7 +109,8 @@ def build_source_routes(router: Router, app: Any) -> None:
     """The routes a source peer serves (protocol.md R1, R2, R5) and ``/plugins`` for detection.
 
     ``app`` offers ``source``, ``originator``, ``codec_for(name)``, ``served_chunks(n_bytes)`` (the
-    metrics), ``probe_peers()``, ``core_plugins()`` and ``plugin_description()``.
+    metrics), ``probe_peers()``, ``core_plugins()``, ``plugin_description()``, ``capabilities()`` and
+    ``holds(instances)``; the last two answer our peers only.
     """
 
     def chunks(request: Request) -> Response:
@@ -137,11 +139,21 @@ def build_source_routes(router: Router, app: Any) -> None:
     def plugin_info(request: Request) -> Response:
         return Response.json(app.plugin_description())
 
+    def capabilities(request: Request) -> Response:
+        return Response.json(app.capabilities())
+
+    def holds(request: Request) -> Response:
+        limits = app.config.limits
+        instances = parse_holds_request(parse_json_body(request.body, "holds query", limits), limits)
+        return Response.json(holds_answer(app.holds(instances)), styled=False)
+
     router.add(r"/transfers/chunks/([^/]*)", GET=chunks)
     router.add(r"/transfers/lookup", POST=lookup)
     router.add(r"/transfers/peers", GET=peers)
     router.add(r"/plugins", GET=plugins)
     router.add(r"/plugins/transfers", GET=plugin_info)
+    router.add(r"/transfers/capabilities", GET=capabilities)  # for our peers only (see capabilities.py)
+    router.add(r"/transfers/holds", POST=holds)  # idem
 
 
 

@@ -365,11 +365,14 @@ class StoppableBody:
 
     PIECE = 256 * 1024
 
-    def __init__(self, data: bytes, stop_event: Any, on_sent: Callable[[], None] = lambda: None):
-        """``on_sent`` is called once the last byte is handed to the connection (before the answer)."""
+    def __init__(self, data: bytes, stop_event: Any, on_sent: Callable[[], None] = lambda: None,
+                 limiter: Any = None):
+        """``on_sent`` is called once the last byte is handed to the connection (before the answer);
+        ``limiter`` (a ``bandwidth.RateLimiter`` shared by a job's workers) is asked for each slice first."""
         self._view = memoryview(data)
         self._stop = stop_event
         self._on_sent = on_sent
+        self._limiter = limiter
 
     def __len__(self) -> int:
         return len(self._view)
@@ -378,7 +381,10 @@ class StoppableBody:
         for position in range(0, len(self._view), self.PIECE):
             if self._stop is not None and self._stop.is_set():
                 raise OSError("upload stopped: the job was asked to stop")
-            yield self._view[position:position + self.PIECE]
+            piece = self._view[position:position + self.PIECE]
+            if self._limiter is not None and not self._limiter.acquire(len(piece), self._stop):
+                raise OSError("upload stopped: the job was asked to stop")
+            yield piece
         self._on_sent()
 
 

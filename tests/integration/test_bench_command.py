@@ -47,3 +47,20 @@ def test_bench_command_refuses_a_missing_cxx_library_or_two_builds_of_one_name(t
     result = bench("--cxx-plugin", str(library), "--cxx-plugin", f"a={library}", "--cxx-plugin", f"a={library}")
     assert result.returncode == 2 and "two builds are named 'cxx-a'" in result.stderr, result.stderr
     assert not (tmp_path / "out").exists(), "refused before anything is done"
+
+
+def test_bench_command_measures_a_capped_transfer(tmp_path):
+    """``--cap-kbs``: our modes once each with the cap in the request; the figure itself is the benchmark's
+    (README), only a bound that a slow machine cannot break is checked here."""
+    out = tmp_path / "results"
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.bench", "--ct", "3", "--cap-kbs", "800", "--modes", "push-none,pull-gzip",
+         "--out", str(out), "--workdir", str(tmp_path / "work")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "cap.json").read_text())
+    assert [r["mode"] for r in report["rows"]] == ["push-none", "pull-gzip"]
+    for r in report["rows"]:
+        assert r["cap_kbs"] == 800 and r["wire_bytes"] > 0 and r["seconds"] > 0
+        assert r["overall_kbs"] <= 800 * 1.5, r
+    assert "| push-none | 800 |" in (out / "cap.md").read_text()

@@ -16,6 +16,7 @@ import pytest
 from transfer_helpers import assert_same_instances, load_study, pull, study_of, wait_job
 
 from tools.bench import cxx_build
+from tools.net_proxy import TcpProxy
 from tools.orthanc_launcher import HOST, free_port
 
 # Small buckets: many of them, and instances split across several.
@@ -91,6 +92,46 @@ def test_push_between_cxx_and_python(orthanc_factory, cxx, source_is_cxx, compre
     job = wait_job(a, r.json()["ID"], timeout=300)
     assert job["State"] == "Success", job
     assert job["Type"] == "PushTransfer"
+    assert_same_instances(b, files)
+
+
+# -- skipping what is there (issue 14): a C++ peer is never asked; it gets everything --------------------
+
+
+def test_a_cxx_receiver_gets_everything_again(orthanc_factory, cxx):
+    """Ours sends twice to a C++ receiver through a counting proxy: it is not asked what it holds (its
+    description does not name our capabilities route), and it gets everything the second time too."""
+    port_b = free_port()
+    proxy = TcpProxy(port_b).start()
+    try:
+        b = orthanc_factory("b", with_plugin=False, transfers=TRANSFERS, http_port=port_b,
+                            extra_config={"Plugins": [cxx]}, platform=HOST)
+        a = orthanc_factory("a", transfers=TRANSFERS, peers={"b": {"Url": proxy.url}})
+        assert "Capabilities" not in b.get_json("/plugins/transfers")
+        files = source_files(a)
+        size = sum(len(d) for d in files.values())
+        for attempt in (1, 2):
+            before = proxy.upstream_bytes
+            r = a.post("/transfers/send", json={"Resources": resources(a, files), "Compression": "none",
+                                                "Peer": "b"})
+            assert r.status_code == 200, r.text
+            job = wait_job(a, r.json()["ID"], timeout=300)
+            assert job["State"] == "Success", job
+            assert job["Content"]["SkippedInstances"] == 0 and job["Content"]["TotalInstances"] == len(files)
+            assert proxy.upstream_bytes - before >= size, attempt  # everything, the second time too
+        assert_same_instances(b, files)
+    finally:
+        proxy.stop()
+
+
+def test_a_pull_from_a_cxx_source_skips_what_is_there(orthanc_factory, cxx):
+    a, b = start_pair(orthanc_factory, cxx, source_is_cxx=True)  # C++ source, our puller
+    files = source_files(a)
+    job = wait_job(b, pull(b, "a", resources(a, files), "gzip"), timeout=300)
+    assert job["State"] == "Success" and job["Content"]["SkippedInstances"] == 0, job
+    job = wait_job(b, pull(b, "a", resources(a, files), "gzip"), timeout=300)
+    assert job["State"] == "Success", job
+    assert job["Content"]["SkippedInstances"] == len(files) and job["Content"]["TotalInstances"] == 0
     assert_same_instances(b, files)
 
 

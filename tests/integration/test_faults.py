@@ -436,8 +436,11 @@ def test_peer_answering_500(factory, fakes):
     for attempts in (lookups, creations):
         gaps = [b.time - a.time for a, b in zip(attempts, attempts[1:])]
         assert gaps[0] >= 0.9 and gaps[1] >= 1.9, f"retries not 1 s then 2 s apart: {gaps}"
+    # (and the push's question of what the peer is, GET /plugins/transfers, a route of Orthanc's core: a peer
+    # that answers 500 is treated as a C++ peer, that gets everything and is asked nothing of ours)
     assert {(r.method, r.path) for r in broken.requests} == {("POST", "/transfers/lookup"),
-                                                            ("POST", "/transfers/push")}
+                                                            ("POST", "/transfers/push"),
+                                                            ("GET", "/plugins/transfers")}
 
     # Fails midway: every chunk request or PUT tried at most 3 times, the first to fail exactly 3 times.
     assert_clean_failure(done["pull-midway"], "'midway'", "HTTP 500", "/transfers/chunks/")

@@ -63,6 +63,8 @@ PLUGIN_ROUTES: List[Tuple[str, str]] = [
     ("peers", r"/transfers/peers"),
     ("plugins", r"/plugins"),
     ("plugin", r"/plugins/transfers"),
+    ("capabilities", r"/transfers/capabilities"),
+    ("holds", r"/transfers/holds"),
     ("pull", r"/transfers/pull"),
     ("send", r"/transfers/send"),
     ("push-create", r"/transfers/push"),
@@ -648,7 +650,7 @@ def record_transaction(target: Target, answer: Optional[Answer]) -> None:
 
 
 JSON_ROUTES = [("lookup", "/transfers/lookup"), ("pull", "/transfers/pull"), ("send", "/transfers/send"),
-               ("push-create", "/transfers/push")]
+               ("push-create", "/transfers/push"), ("holds", "/transfers/holds")]
 
 
 def test_fuzz_json_bodies(target):
@@ -862,7 +864,8 @@ def test_fuzz_methods_and_queries(target):
     found = Findings(target)
     tid = target.create_transaction()
     text = text_strategy(target.canary)
-    uris = ["/plugins", "/plugins/transfers", "/transfers/peers", "/jobs", "/transfers/lookup", "/transfers/pull",
+    uris = ["/plugins", "/plugins/transfers", "/transfers/capabilities", "/transfers/holds",
+            "/transfers/peers", "/jobs", "/transfers/lookup", "/transfers/pull",
             "/transfers/send", "/transfers/push", f"/transfers/push/{tid}", f"/transfers/push/{tid}/0",
             f"/transfers/push/{tid}/commit", f"/transfers/chunks/{target.instance_ids[0]}",
             f"/jobs/{UNKNOWN_UUID}", f"/jobs/{UNKNOWN_UUID}/pause"]

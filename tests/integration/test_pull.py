@@ -13,7 +13,7 @@ from tools.net_proxy import TcpProxy
 pytestmark = pytest.mark.integration
 
 CONTENT_KEYS = {"Resources", "Peer", "Compression", "TotalInstances", "TotalSizeMB", "CompletedHttpQueries",
-                "DownloadedSizeMB", "NetworkSpeedKBs",
+                "DownloadedSizeMB", "NetworkSpeedKBs", "SkippedInstances", "SkippedSizeMB",
                 "CompletedSizeMB", "WireSizeMB", "RemainingSeconds"}  # ours (issue 14): the instances' own size
 
 

@@ -14,7 +14,7 @@ from tools.orthanc_launcher import free_port
 pytestmark = pytest.mark.integration
 
 PUSH_CONTENT = {"Resources", "Peer", "Compression", "TotalInstances", "TotalSizeMB", "CompletedHttpQueries",
-                "UploadedSizeMB", "NetworkSpeedKBs",
+                "UploadedSizeMB", "NetworkSpeedKBs", "SkippedInstances", "SkippedSizeMB",
                 "CompletedSizeMB", "WireSizeMB", "RemainingSeconds"}  # ours (issue 14): the instances' own size
 
 

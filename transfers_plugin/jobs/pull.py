@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import codec as codecs
+from ..bandwidth import RateLimiter, cap_kbs, capped_bucket_kb
 from ..commitment import CommitmentError
 from ..config import PeerConfig, TransfersConfig
 from ..download_area import DownloadArea, check_room, free_space, instances_of
@@ -30,9 +31,10 @@ from ..errors import (
     OrthancUnavailable,
     TransfersError,
 )
+from ..holdings import held
 from ..importer import import_instances, rollback
 from ..journal import created_since, last_change
-from ..metrics import PULL_RECEIVED_BYTES, RETRIES, Metrics
+from ..metrics import PULL_RECEIVED_BYTES, RETRIES, SKIPPED_INSTANCES, Metrics
 from ..planner import balance_last_round, chunks_uri, pull_buckets
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -133,15 +135,29 @@ class PullJobType:
 
         if "Instances" not in state:
             instances = self.lookup(ctx, query, peer)
+            skipped: List[InstanceInfo] = []
+            if query.skip_existing:
+                # What this Orthanc already holds with the same size and MD5 is left out before any byte moves;
+                # the rest is transferred, and committed all or nothing, as before.
+                holds = set(held(self.store, instances))
+                skipped = [i for i in instances if i.id in holds]
+                instances = [i for i in instances if i.id not in holds]
+                ctx.check()
             # Fails at once, before any file is created, when the instances do not fit.
             check_room(self.download_root, sum(i.size for i in instances), free_space(self.download_root),
                        "transfer")
-            ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=self.config.bucket_size_kb,
-                                    DoneBuckets=[], Verified=[], DownloadedBytes=0, Imported=[], Created=[])
+            bucket_kb = capped_bucket_kb(self.config.bucket_size_kb,
+                                         cap_kbs(query.max_bandwidth_kbs, self.config.max_bandwidth_kbs))
+            ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=bucket_kb,
+                                    DoneBuckets=[], Verified=[], DownloadedBytes=0, Imported=[], Created=[],
+                                    SkippedInstances=len(skipped), SkippedBytes=sum(i.size for i in skipped))
             ctx.save_now()
+            self.metrics.add(SKIPPED_INSTANCES, len(skipped))  # once per transfer: a resumed run skips nothing anew
         instances = [InstanceInfo.from_json(i) for i in state["Instances"]]
         total = sum(i.size for i in instances)
-        ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(total))
+        ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(total),
+                           SkippedInstances=int(state.get("SkippedInstances", 0)),
+                           SkippedSizeMB=round_mb(int(state.get("SkippedBytes", 0))))
         if not instances:
             ctx.update_content(CompletedHttpQueries=0, DownloadedSizeMB=0, NetworkSpeedKBs=0,
                                **progress_content(0, 0, 0), RemainingSeconds=0)
@@ -214,6 +230,7 @@ class PullJobType:
         verified_bytes = [sum(size_of[i] for i in verified)]
         raw_done = [sum(buckets[index].total_size for index in done)]
         raw_moved = [0]
+        limiter = RateLimiter.of_kbs(cap_kbs(query.max_bandwidth_kbs, self.config.max_bandwidth_kbs))
 
         def publish(final: bool = False) -> None:
             with lock:
@@ -266,6 +283,8 @@ class PullJobType:
                 skip = set(verified)
             if ctx.stop_event.is_set():
                 return
+            if limiter is not None and not limiter.acquire(bucket.total_size, ctx.stop_event):
+                return  # the bucket's bytes reserved before it is asked for; what gzip saves is given back below
             asked = time.monotonic()
             response = self.transport.stream(peer, uri)
             try:
@@ -290,6 +309,8 @@ class PullJobType:
                     writer.write(decoder.finish())
                 finally:
                     writer.close(complete=False)
+                if limiter is not None:
+                    limiter.refund(bucket.total_size - received)
                 if writer.position != bucket.total_size:
                     raise NetworkProtocol(f"Bucket {index} from peer {peer.name!r} has {writer.position} bytes "
                                           f"instead of {bucket.total_size}")

@@ -20,10 +20,12 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
+from .. import capabilities, holdings
+from ..bandwidth import RateLimiter, cap_kbs
 from ..config import PeerConfig, TransfersConfig
 from ..download_area import instances_of
 from ..errors import NetworkProtocol, NotFound, TransfersError
-from ..metrics import PUSH_SENT_BYTES, Metrics
+from ..metrics import PUSH_SENT_BYTES, SKIPPED_INSTANCES, Metrics
 from ..planner import balance_last_round, push_buckets
 from ..protocol import PEER_ID, Bucket, InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, round_mb
 from ..transport import (
@@ -90,9 +92,22 @@ class PushJobType:
         state = ctx.resume_state
         if "Instances" not in state:
             instances = self.source.lookup(query.resources, self.config.limits)
+            skipped: List[InstanceInfo] = []
+            if query.skip_existing and instances:
+                holds = self.held_by_peer(ctx, query, peer, instances)
+                skipped = [i for i in instances if i.id in holds]
+                instances = [i for i in instances if i.id not in holds]
             ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=self.config.bucket_size_kb,
-                                    PlanThreads=self.config.threads, DoneBuckets=[], UploadedBytes=0)
+                                    PlanThreads=self.config.threads, DoneBuckets=[], UploadedBytes=0,
+                                    SkippedInstances=len(skipped), SkippedBytes=sum(i.size for i in skipped))
+            self.metrics.add(SKIPPED_INSTANCES, len(skipped))  # once per transfer: a resumed run skips nothing anew
         instances = [InstanceInfo.from_json(i) for i in state["Instances"]]
+        ctx.update_content(SkippedInstances=int(state.get("SkippedInstances", 0)),
+                           SkippedSizeMB=round_mb(int(state.get("SkippedBytes", 0))))
+        if not instances:  # nothing to move (all skipped, or empty resources): no transaction at the peer
+            ctx.update_content(TotalInstances=0, TotalSizeMB=0, CompletedHttpQueries=0, UploadedSizeMB=0,
+                               NetworkSpeedKBs=0)
+            return
         # The C++ plan, with its ragged last round cut in slices (any layout is valid for any receiver);
         # the plan depends only on what the resume state keeps, so it is the same after a restart.
         planned = push_buckets([(i.id, i.size) for i in instances], state["BucketSizeKB"])
@@ -109,6 +124,25 @@ class PushJobType:
                 # The receiver restarted, or dropped the transaction: a new one, with every bucket, at once.
                 self.log_warning(f"Transfers: job {ctx.id}: {e.message}; opening a new one")
                 ctx.drop_resume_state("Transaction", "Cookie")
+
+    def held_by_peer(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig,
+                     instances: List[InstanceInfo]) -> Set[str]:
+        """What the receiver already holds, asked only of our peers (a C++ receiver gets everything). The
+        peer's capabilities are asked once per job and kept in its resume state."""
+        state = ctx.resume_state
+        if "PeerCapabilities" in state:
+            caps = capabilities.from_state(state["PeerCapabilities"])
+        else:
+            caps = capabilities.ask(self.transport, peer, ctx.stop_event, self.log_warning,
+                                    float(self.config.peer_connectivity_timeout))
+            ctx.update_resume_state(PeerCapabilities=caps.to_json() if caps is not None else None)
+        ctx.check()
+        if caps is None or not caps.supports(capabilities.SKIP_EXISTING):
+            return set()
+        found = holdings.ask_peer(self.transport, peer, instances, self.headers(query, {}, "application/json"),
+                                  ctx.stop_event)
+        ctx.check()
+        return found
 
     def send(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, descriptor: PushDescriptor) -> None:
         """Creates the transaction unless the resume state has one, uploads the buckets not done yet, commits."""
@@ -205,6 +239,7 @@ class PushJobType:
         completed = [sum(size for iid, size in size_of.items() if waiting[iid] == 0)]
         raw_done = [sum(buckets[index].total_size for index in done)]
         raw_moved = [0]
+        limiter = RateLimiter.of_kbs(cap_kbs(query.max_bandwidth_kbs, self.config.max_bandwidth_kbs))
 
         def publish() -> None:  # with the lock held
             ctx.update_resume_state(DoneBuckets=sorted(done), UploadedBytes=uploaded[0])
@@ -231,7 +266,7 @@ class PushJobType:
                         raise OSError("upload stopped: the job was asked to stop")
                     if not body:
                         return body
-                    return StoppableBody(body, ctx.stop_event, on_sent=place.release)
+                    return StoppableBody(body, ctx.stop_event, on_sent=place.release, limiter=limiter)
 
                 self.transport.call(peer, "PUT", f"{path}/{index}", body=attempt,
                                     headers=self.headers(query, state, "application/octet-stream"),

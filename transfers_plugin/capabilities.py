@@ -1,0 +1,139 @@
+"""What the other end supports, learned one way, and never asked of a C++ peer.
+
+Our plugin's ``GET /plugins/transfers`` answer carries one key the C++ plugin's has not,
+``"Capabilities": "/transfers/capabilities"``. ``GET /plugins/transfers`` is a route of Orthanc's core (the
+C++ plugin's answer is the core's description of the plugin, and an Orthanc without the plugin answers 404),
+so asking it is harmless for any peer; only a peer whose answer names that route is then asked
+``GET /transfers/capabilities``:
+
+    {"Implementation": "orthanc-transfers-py", "Version": "0.1.0",
+     "Features": ["skip-existing", "bandwidth-cap"], "Compression": ["none", "gzip"]}
+
+A job asks once per peer (``PeerCapabilities`` caches the answer, and a job keeps it in its resume state).
+Every answer is a peer's, hence hostile: at most ``MAX_ANSWER_BYTES``, its types checked, its lists bounded;
+a peer that answers anything else is treated as a C++ peer (it gets everything, as today). Features:
+
+- ``skip-existing``: the peer answers ``POST /transfers/holds`` (:mod:`holdings`), so a sender leaves out
+  what it already holds; it also takes ``"SkipExisting"`` in ``/transfers/pull`` (a send in pull mode);
+- ``bandwidth-cap``: the peer takes ``"MaxBandwidthKBs"`` in ``/transfers/pull``.
+"""
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
+
+from .errors import TransfersError
+from .protocol import COMPRESSIONS
+
+CAPABILITIES_URI = "/transfers/capabilities"
+PLUGIN_INFO_URI = "/plugins/transfers"
+IMPLEMENTATION = "orthanc-transfers-py"
+SKIP_EXISTING = "skip-existing"
+BANDWIDTH_CAP = "bandwidth-cap"
+FEATURES: Tuple[str, ...] = (SKIP_EXISTING, BANDWIDTH_CAP)
+MAX_ANSWER_BYTES = 64 * 1024
+MAX_ITEMS = 64
+MAX_TEXT = 64
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    implementation: str
+    version: str
+    features: FrozenSet[str]
+    compression: Tuple[str, ...]
+
+    def supports(self, feature: str) -> bool:
+        return feature in self.features
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"Implementation": self.implementation, "Version": self.version,
+                "Features": sorted(self.features), "Compression": list(self.compression)}
+
+
+def local_capabilities(version: str) -> Dict[str, Any]:
+    """The answer of our ``GET /transfers/capabilities``."""
+    return Capabilities(IMPLEMENTATION, version, frozenset(FEATURES), COMPRESSIONS).to_json()
+
+
+def advertises(plugin_info: Any) -> bool:
+    """Whether a ``GET /plugins/transfers`` answer is our plugin's (it names the capabilities route)."""
+    return isinstance(plugin_info, dict) and plugin_info.get("Capabilities") == CAPABILITIES_URI
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT or not value.isprintable():
+        raise ValueError(f"{what} must be a short printable string")
+    return value
+
+
+def _texts(value: Any, what: str) -> Tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_ITEMS:
+        raise ValueError(f"{what} must be a JSON array of at most {MAX_ITEMS} strings")
+    return tuple(_text(v, f"an item of {what}") for v in value)
+
+
+def parse_capabilities(document: Any) -> Capabilities:
+    """A peer's capabilities answer, checked; ``ValueError`` says what is wrong. Unknown features and
+    compressions are kept (a newer peer), unknown keys ignored."""
+    if not isinstance(document, dict):
+        raise ValueError("the capabilities answer must be a JSON object")
+    return Capabilities(_text(document.get("Implementation"), "Implementation"),
+                        _text(document.get("Version"), "Version"),
+                        frozenset(_texts(document.get("Features"), "Features")),
+                        _texts(document.get("Compression"), "Compression"))
+
+
+def ask(transport: Any, peer: Any, stop_event: Any = None,
+        log_warning: Callable[[str], None] = lambda m: None,
+        timeout: Optional[float] = None) -> Optional[Capabilities]:
+    """The capabilities of ``peer``, None for a C++ peer, a peer without the plugin, a peer that cannot be
+    reached or does not answer within ``timeout`` (``PeerConnectivityTimeout``, as the ``/plugins`` probes;
+    the transfer itself then says what is wrong with the peer) or one whose answer is not valid: it gets
+    everything. A stop (pause, cancel) does not wait for the answer."""
+    def get(uri: str) -> Any:
+        return transport.call(peer, "GET", uri, expect_json=True, retries=0, stop_event=stop_event, timeout=timeout,
+                              max_bytes=MAX_ANSWER_BYTES, abandon_on_stop=stop_event is not None).document
+
+    try:
+        if not advertises(get(PLUGIN_INFO_URI)):
+            return None
+        return parse_capabilities(get(CAPABILITIES_URI))
+    except TransfersError as e:
+        log_warning(f"Transfers: the capabilities of peer {peer.name!r} are unknown ({e.message}): it is treated as "
+                    f"a C++ peer")
+    except ValueError as e:
+        log_warning(f"Transfers: peer {peer.name!r} gave a bad capabilities answer ({e}): it is treated as a C++ "
+                    f"peer")
+    return None
+
+
+def from_state(value: Any) -> Optional[Capabilities]:
+    """Capabilities kept in a job's resume state (``Capabilities.to_json`` or None)."""
+    if value is None:
+        return None
+    try:
+        return parse_capabilities(value)
+    except ValueError:
+        return None
+
+
+class PeerCapabilities:
+    """Each peer asked once: the cache of one job (or of one send in pull mode)."""
+
+    def __init__(self, transport: Any, log_warning: Callable[[str], None] = lambda m: None,
+                 timeout: Optional[float] = None):
+        self.transport = transport
+        self.log_warning = log_warning
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._known: Dict[str, Optional[Capabilities]] = {}
+
+    def of(self, peer: Any, stop_event: Any = None) -> Optional[Capabilities]:
+        with self._lock:
+            if peer.name in self._known:
+                return self._known[peer.name]
+        found = ask(self.transport, peer, stop_event, self.log_warning, self.timeout)
+        with self._lock:
+            self._known[peer.name] = found
+        return found
