@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import PLUGIN_NAME, __version__
-from .capabilities import BANDWIDTH_CAP, CAPABILITIES_URI, SKIP_EXISTING, PeerCapabilities, local_capabilities
+from .capabilities import (
+    BANDWIDTH_CAP,
+    CAPABILITIES_URI,
+    METADATA,
+    SKIP_EXISTING,
+    PeerCapabilities,
+    local_capabilities,
+)
 from .config import ConfigError, TransfersConfig, merge_registered_peers, parse_configuration
 from .download_area import DownloadArea
 from .errors import NetworkProtocol, NotFound, TransfersError, Unavailable, http_status_of
@@ -25,6 +32,7 @@ from .jobs.remote import RemotePullJobType, follow_parameters
 from .jobs.routes import CoreJobMethods, build_job_routes
 from .jobs.store import GlobalPropertyJobStore
 from .journal import CommitJournal
+from .metadata import MetadataStore
 from .metrics import PULL_SENT_BYTES, RETRIES, Metrics, Publisher, jobs_by_type_and_state
 from .peers import has_transfers_plugin, probe_peers
 from .protocol import PEER_ID, UUID, TransferQuery, dumps_compact
@@ -45,15 +53,16 @@ class Application:
         self.config = config
         self.originator = str(uuid.uuid4())  # changes at every start, as the C++ plugin's
         self.metrics = Metrics()
+        self.metadata = MetadataStore(api)
         self.source = Source(api, config.cache_size_bytes, config.threads)
         self.transport = PeerTransport(config)
         self.transport.on_retry = lambda: self.metrics.add(RETRIES)
         self.download_root = Path(config.download_area).absolute()
         self.pull_job = PullJobType(config, self.peers, self.transport, api, self.download_root,
-                                    api.log_info, api.log_warning, self.metrics)
+                                    api.log_info, api.log_warning, self.metrics, self.metadata)
         store = GlobalPropertyJobStore(api.get_global_property, api.set_global_property) if config.save_jobs else None
         self.push_job = PushJobType(config, self.peers, self.transport, self.source, api.log_info, api.log_warning,
-                                    self.metrics)
+                                    self.metrics, self.metadata)
         self.remote_job = RemotePullJobType(config, self.peers, self.transport, api.log_info, api.log_warning)
         self.engine = JobEngine({job.name: job for job in (self.pull_job, self.push_job, self.remote_job)}, store,
                                 config.concurrent_jobs,
@@ -69,7 +78,8 @@ class Application:
                                          config.commit_threads_count, config.push_transaction_timeout,
                                          api.log_warning,
                                          journal=CommitJournal(api.get_global_property, api.set_global_property,
-                                                               owner=self.originator))
+                                                               owner=self.originator),
+                                         metadata_store=self.metadata)
             build_push_routes(self.router, self.receiver, config.limits)
         self.metrics.source(self.cache_metrics)
         self.metrics.source(lambda: jobs_by_type_and_state(self.engine.types_and_states()))
@@ -190,6 +200,8 @@ class Application:
             wanted[SKIP_EXISTING] = ("SkipExisting", False)
         if query.max_bandwidth_kbs is not None:
             wanted[BANDWIDTH_CAP] = ("MaxBandwidthKBs", query.max_bandwidth_kbs)
+        if query.metadata:
+            wanted[METADATA] = ("Metadata", True)
         if not wanted:
             return {}
         caps = PeerCapabilities(self.transport, self.api.log_warning,

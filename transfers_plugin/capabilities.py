@@ -7,7 +7,7 @@ so asking it is harmless for any peer; only a peer whose answer names that route
 ``GET /transfers/capabilities``:
 
     {"Implementation": "orthanc-transfers-py", "Version": "0.1.0",
-     "Features": ["skip-existing", "bandwidth-cap"], "Compression": ["none", "gzip"]}
+     "Features": ["bandwidth-cap", "metadata", "skip-existing"], "Compression": ["none", "gzip"]}
 
 A job asks once per peer (``PeerCapabilities`` caches the answer, and a job keeps it in its resume state).
 Every answer is a peer's, hence hostile: at most ``MAX_ANSWER_BYTES``, its types checked, its lists bounded;
@@ -15,7 +15,9 @@ a peer that answers anything else is treated as a C++ peer (it gets everything, 
 
 - ``skip-existing``: the peer answers ``POST /transfers/holds`` (:mod:`holdings`), so a sender leaves out
   what it already holds; it also takes ``"SkipExisting"`` in ``/transfers/pull`` (a send in pull mode);
-- ``bandwidth-cap``: the peer takes ``"MaxBandwidthKBs"`` in ``/transfers/pull``.
+- ``bandwidth-cap``: the peer takes ``"MaxBandwidthKBs"`` in ``/transfers/pull``;
+- ``metadata``: the peer answers ``POST /transfers/metadata`` (a source), takes
+  ``POST /transfers/push/{id}/metadata`` (a receiver) and ``"Metadata"`` in ``/transfers/pull`` (:mod:`metadata`).
 """
 
 import threading
@@ -30,7 +32,8 @@ PLUGIN_INFO_URI = "/plugins/transfers"
 IMPLEMENTATION = "orthanc-transfers-py"
 SKIP_EXISTING = "skip-existing"
 BANDWIDTH_CAP = "bandwidth-cap"
-FEATURES: Tuple[str, ...] = (SKIP_EXISTING, BANDWIDTH_CAP)
+METADATA = "metadata"
+FEATURES: Tuple[str, ...] = (SKIP_EXISTING, BANDWIDTH_CAP, METADATA)
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_ITEMS = 64
 MAX_TEXT = 64

@@ -379,6 +379,7 @@ class TransferQuery:
     sender_transfer_id: Optional[str] = None
     skip_existing: bool = True  # "SkipExisting" (not in the C++ plugin): leave out what the target holds
     max_bandwidth_kbs: Optional[int] = None  # "MaxBandwidthKBs" (not in the C++ plugin); None: the configuration's
+    metadata: bool = False  # "Metadata" (not in the C++ plugin): carry user metadata and labels (metadata.py)
 
     @classmethod
     def from_json(cls, value: Any, limits: Limits = DEFAULT_LIMITS) -> "TransferQuery":
@@ -409,7 +410,12 @@ class TransferQuery:
             if not 0 <= bandwidth <= MAX_BANDWIDTH_KBS:
                 raise ParameterOutOfRange(f"{where}: MaxBandwidthKBs must be from 0 (no cap) to {MAX_BANDWIDTH_KBS}, "
                                           f"not {shown(bandwidth)}")
-        return cls(resources, peer, compression, priority, originator, stid, skip, bandwidth)
+        metadata = False
+        if "Metadata" in value:
+            metadata = value["Metadata"]
+            if not isinstance(metadata, bool):
+                raise BadFileFormat(f"{where}: Metadata must be true or false, not {shown(metadata)}")
+        return cls(resources, peer, compression, priority, originator, stid, skip, bandwidth, metadata)
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {
@@ -426,6 +432,8 @@ class TransferQuery:
             out["SkipExisting"] = False
         if self.max_bandwidth_kbs is not None:
             out["MaxBandwidthKBs"] = self.max_bandwidth_kbs
+        if self.metadata:
+            out["Metadata"] = True
         return out
 
 

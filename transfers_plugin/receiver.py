@@ -36,6 +36,7 @@ from .errors import (
 )
 from .importer import import_instances, rollback
 from .journal import CommitJournal, created_since, last_change
+from .metadata import parse_document
 from .protocol import MB, PushDescriptor
 
 IDLE_EVICTION = 30.0  # seconds without a bucket after which a transaction may give its place
@@ -89,6 +90,7 @@ class Transaction:
         self.committing = False
         self.closed = False  # discarded, evicted or committed: nothing more is written
         self.failure: Optional[TransfersError] = None  # why it was discarded, when a disk error did it
+        self.metadata: Optional[Dict[str, Any]] = None  # POST <Path>/metadata (our senders): applied at the commit
         self.lock = threading.Condition()
 
 
@@ -96,11 +98,12 @@ class PushReceiver:
     def __init__(self, max_transactions: int, download_root: Path, store: Any, commit_threads: int = 1,
                  idle_timeout: float = 3600.0, log_warning: Callable[[str], None] = lambda m: None,
                  clock: Callable[[], float] = time.monotonic, journal: Optional[CommitJournal] = None,
-                 free_space: Callable[[Path], int] = free_space):
+                 free_space: Callable[[Path], int] = free_space, metadata_store: Any = None):
         """``journal`` (with ``store.core_get_json``) records each commit while it runs, so that one a crash
         interrupts is rolled back at the next start (:meth:`recover`): transactions do not survive a
         restart, and their sender cannot finish them."""
         self.journal = journal
+        self.metadata_store = metadata_store  # metadata.MetadataStore: applies what a sender gives (our peers)
         self.free_space = free_space
         self.max_transactions = max_transactions
         self.download_root = Path(download_root)
@@ -278,6 +281,25 @@ class PushReceiver:
                     self.aborted_count += 1
             raise failed
 
+    def put_metadata(self, tid: str, document: Any) -> None:
+        """``POST /transfers/push/{id}/metadata`` (our senders only, see :mod:`metadata`): checked, kept, and
+        applied by the commit after the import."""
+        t = self._get(tid)
+        if self.metadata_store is None:
+            raise NotFound("This receiver does not take metadata")
+        checked = parse_document(document, (i.id for i in t.descriptor.instances), "The push metadata")
+        with t.lock:
+            if t.failure is not None:
+                raise t.failure
+            if t.closed or t.committing:
+                raise Conflict(f"Push transaction {tid} is {'being committed' if t.committing else 'closed'}")
+            t.metadata = checked
+
+    def _apply_metadata(self, t: Transaction) -> None:
+        if t.metadata is None or self.metadata_store is None:
+            return
+        self.metadata_store.apply(t.metadata, lambda m: self.log_warning(f"Transfers: push transaction {t.id}: {m}"))
+
     def commit(self, tid: str) -> None:
         with self._lock:
             if tid in self._committed and tid not in self._transactions:
@@ -310,11 +332,19 @@ class PushReceiver:
                 self.journal.begin(tid, last_change(self.store.core_get_json),
                                    [i.id for i in t.descriptor.instances])
             try:
-                import_instances(t.area, t.descriptor.instances, self.store, self.commit_threads)
+                created = import_instances(t.area, t.descriptor.instances, self.store, self.commit_threads)
             except OrthancUnavailable:
                 raise  # Orthanc is stopping: the journal entry stays, the next start rolls the commit back
             except BaseException:
                 self._end_journal(tid)  # rolled back by import_instances
+                raise
+            try:
+                self._apply_metadata(t)  # part of the commit: if it fails, what was imported goes again
+            except OrthancUnavailable:
+                raise
+            except BaseException:
+                rollback(self.store, created)
+                self._end_journal(tid)
                 raise
             self._end_journal(tid)
         except BaseException:

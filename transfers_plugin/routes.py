@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .errors import MethodNotAllowed, ParameterOutOfRange, TransfersError
 from .holdings import holds_answer, parse_holds_request
+from .metadata import parse_request as parse_metadata_request
 from .protocol import (
     ChunkRequest,
     Limits,
@@ -109,8 +110,8 @@ def build_source_routes(router: Router, app: Any) -> None:
     """The routes a source peer serves (protocol.md R1, R2, R5) and ``/plugins`` for detection.
 
     ``app`` offers ``source``, ``originator``, ``codec_for(name)``, ``served_chunks(n_bytes)`` (the
-    metrics), ``probe_peers()``, ``core_plugins()``, ``plugin_description()``, ``capabilities()`` and
-    ``holds(instances)``; the last two answer our peers only.
+    metrics), ``probe_peers()``, ``core_plugins()``, ``plugin_description()``, ``capabilities()``,
+    ``holds(instances)`` and ``metadata`` (a ``MetadataStore``); the last three answer our peers only.
     """
 
     def chunks(request: Request) -> Response:
@@ -142,6 +143,10 @@ def build_source_routes(router: Router, app: Any) -> None:
     def capabilities(request: Request) -> Response:
         return Response.json(app.capabilities())
 
+    def metadata(request: Request) -> Response:
+        ids = parse_metadata_request(parse_json_body(request.body, "metadata query", app.config.limits))
+        return Response.json(app.metadata.collect(ids), styled=False)
+
     def holds(request: Request) -> Response:
         limits = app.config.limits
         instances = parse_holds_request(parse_json_body(request.body, "holds query", limits), limits)
@@ -154,6 +159,7 @@ def build_source_routes(router: Router, app: Any) -> None:
     router.add(r"/plugins/transfers", GET=plugin_info)
     router.add(r"/transfers/capabilities", GET=capabilities)  # for our peers only (see capabilities.py)
     router.add(r"/transfers/holds", POST=holds)  # idem
+    router.add(r"/transfers/metadata", POST=metadata)  # idem (see metadata.py)
 
 
 
@@ -204,7 +210,13 @@ def build_push_routes(router: Router, receiver: Any, limits: Limits) -> None:
         receiver.discard(transaction(request))
         return Response(200, b"{}", JSON_TYPE)
 
+    def metadata(request: Request) -> Response:
+        tid = transaction(request)
+        receiver.put_metadata(tid, parse_json_body(request.body, "push metadata", limits))
+        return Response(200, b"{}", JSON_TYPE)
+
     router.add(r"/transfers/push", POST=create)
     router.add(r"/transfers/push/([^/]+)/([0-9]+)", PUT=put)
     router.add(r"/transfers/push/([^/]+)/commit", POST=commit)
+    router.add(r"/transfers/push/([^/]+)/metadata", POST=metadata)  # for our senders only (see metadata.py)
     router.add(r"/transfers/push/([^/]+)", DELETE=discard)

@@ -210,3 +210,20 @@ def test_cancel_follows_to_a_cxx_pull_job(orthanc_factory, cxx):
         assert "was canceled too" in wait_job(a, answer["ID"], condition=lambda j: j["ErrorDetails"])["ErrorDetails"]
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("source_is_cxx", [True, False], ids=["cxx-source-py-puller", "py-source-cxx-receiver"])
+def test_metadata_true_with_a_cxx_peer_goes_without_them(orthanc_factory, cxx, source_is_cxx):
+    """``"Metadata": true`` with a C++ peer: it is not asked for them nor sent them (its description does not
+    name our capabilities route); the transfer succeeds without them, and its Content says so."""
+    a, b = start_pair(orthanc_factory, cxx, source_is_cxx)
+    files = load_study(a, 3, rows=64, seed=9)
+    body = {"Resources": resources(a, files), "Compression": "gzip", "Metadata": True}
+    server = b if source_is_cxx else a
+    route, peer = ("/transfers/pull", "a") if source_is_cxx else ("/transfers/send", "b")
+    r = server.post(route, json=dict(body, Peer=peer))
+    assert r.status_code == 200, r.text
+    job = wait_job(server, r.json()["ID"], timeout=300)
+    assert job["State"] == "Success", job
+    assert job["Content"]["Metadata"] == "not supported by the peer"
+    assert_same_instances(b, files)

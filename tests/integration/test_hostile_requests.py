@@ -65,11 +65,13 @@ PLUGIN_ROUTES: List[Tuple[str, str]] = [
     ("plugin", r"/plugins/transfers"),
     ("capabilities", r"/transfers/capabilities"),
     ("holds", r"/transfers/holds"),
+    ("metadata", r"/transfers/metadata"),
     ("pull", r"/transfers/pull"),
     ("send", r"/transfers/send"),
     ("push-create", r"/transfers/push"),
     ("push-put", r"/transfers/push/([^/]+)/([0-9]+)"),
     ("push-commit", r"/transfers/push/([^/]+)/commit"),
+    ("push-metadata", r"/transfers/push/([^/]+)/metadata"),
     ("push-delete", r"/transfers/push/([^/]+)"),
     ("jobs", r"/jobs"),
     ("job", r"/jobs/([^/]+)"),
@@ -650,7 +652,8 @@ def record_transaction(target: Target, answer: Optional[Answer]) -> None:
 
 
 JSON_ROUTES = [("lookup", "/transfers/lookup"), ("pull", "/transfers/pull"), ("send", "/transfers/send"),
-               ("push-create", "/transfers/push"), ("holds", "/transfers/holds")]
+               ("push-create", "/transfers/push"), ("holds", "/transfers/holds"),
+               ("metadata", "/transfers/metadata")]
 
 
 def test_fuzz_json_bodies(target):
@@ -867,7 +870,8 @@ def test_fuzz_methods_and_queries(target):
     uris = ["/plugins", "/plugins/transfers", "/transfers/capabilities", "/transfers/holds",
             "/transfers/peers", "/jobs", "/transfers/lookup", "/transfers/pull",
             "/transfers/send", "/transfers/push", f"/transfers/push/{tid}", f"/transfers/push/{tid}/0",
-            f"/transfers/push/{tid}/commit", f"/transfers/chunks/{target.instance_ids[0]}",
+            f"/transfers/push/{tid}/commit", f"/transfers/push/{tid}/metadata", "/transfers/metadata",
+            f"/transfers/chunks/{target.instance_ids[0]}",
             f"/jobs/{UNKNOWN_UUID}", f"/jobs/{UNKNOWN_UUID}/pause"]
 
     @settings(max_examples=170, **FUZZ)

@@ -161,7 +161,8 @@ def test_one_bad_value_is_enough_to_register_nothing():
 def test_good_configuration_registers_the_routes_and_the_lifecycle(api, app):
     assert api.errors == []
     for uri in (f"/transfers/chunks/{ID1}.{ID2}", "/transfers/chunks/ab", "/transfers/lookup", "/transfers/peers",
-                "/plugins", "/plugins/transfers", "/transfers/capabilities", "/transfers/holds"):
+                "/plugins", "/plugins/transfers", "/transfers/capabilities", "/transfers/holds",
+                "/transfers/metadata", f"/transfers/push/{ID1}/metadata"):
         assert sum(1 for p in api.routes if re.fullmatch(p, uri)) == 1, uri
     assert not any(re.fullmatch(p, "/transfers/chunks/a/b") for p in api.routes)
     assert len(api.lifecycle) == 1

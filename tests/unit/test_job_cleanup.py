@@ -128,3 +128,32 @@ def test_a_resumed_commit_counts_as_created_what_its_lost_last_second_imported(t
         job.commit(JobContext(engine, record), instances, area)
     assert store.stored == {}, "the rollback left instances of the interrupted commit"
     assert "CommitSince" not in record.resume_state  # a resubmit commits from the start
+
+
+def test_a_pull_whose_metadata_cannot_be_applied_rolls_its_import_back(tmp_path):
+    """``"Metadata": true``: applying them is part of the commit; when Orthanc refuses, what the commit
+    imported is deleted again and the job fails."""
+    import hashlib
+
+    from transfers_plugin.download_area import DownloadArea
+    from transfers_plugin.errors import BadRequest
+    from transfers_plugin.jobs.engine import JobContext, JobEngine
+    from transfers_plugin.protocol import Bucket, Chunk
+
+    class RefusingMetadata:
+        def apply(self, document, warn):
+            raise BadRequest("Orthanc refuses this metadata")
+
+    datas = {f"{k:08x}-00000000-00000000-00000000-00000000": bytes([k]) * (100 + k) for k in range(4)}
+    instances = [InstanceInfo(i, len(d), hashlib.md5(d).hexdigest()) for i, d in sorted(datas.items())]
+    area = DownloadArea(tmp_path / "area", instances)
+    area.prepare()
+    for info in instances:
+        area.write_bucket(Bucket((Chunk(info.id, 0, info.size),)), datas[info.id])
+    store = ImportStore({d: i for i, d in datas.items()})
+    job = PullJobType(config(tmp_path), lambda: {}, None, store, tmp_path, metadata_store=RefusingMetadata())
+    record = JobRecord("j6", job.name, {"Peer": "a"})
+    with pytest.raises(BadRequest):
+        job.commit(JobContext(JobEngine({job.name: job}), record), instances, area, {"Instances": {}})
+    assert store.stored == {} and sorted(store.deleted) == sorted(datas)
+    assert "CommitSince" not in record.resume_state  # a resubmit commits from the start

@@ -1144,3 +1144,54 @@ def test_an_evicted_transaction_is_an_abort(root):
     m = receiver.metrics()
     assert (m["orthanc_transfers_created_push_count"], m["orthanc_transfers_aborted_push_count"],
             m["orthanc_transfers_committed_push_count"], m["orthanc_transfers_available_push_count"]) == (2, 1, 0, 0)
+
+
+# --- metadata (issue 14, item 5) -------------------------------------------------------------------------
+
+class FakeMetadataStore:
+    def __init__(self, failure: Optional[BaseException] = None):
+        self.applied: List[Dict[str, Any]] = []
+        self.failure = failure
+
+    def apply(self, document, warn):
+        if self.failure is not None:
+            raise self.failure
+        self.applied.append(document)
+        return {}
+
+
+def test_metadata_given_before_the_commit_is_applied_by_it(root):
+    t = Transfer()
+    store, metadata = FakeStore(t.files), FakeMetadataStore()
+    receiver = make_receiver(root, store, metadata_store=metadata)
+    tid = receiver.create(t.descriptor)
+    first = t.descriptor.instances[0].id
+    receiver.put_metadata(tid, {"Instances": {first: {"Sample": "a"}}})
+    put_all(receiver, tid, t)
+    assert metadata.applied == []
+    receiver.commit(tid)
+    assert [d["Instances"] for d in metadata.applied] == [{first: {"Sample": "a"}}]
+    assert sorted(store.stored) == sorted(t.files)
+
+
+def test_metadata_naming_an_instance_outside_the_transaction_is_400(root):
+    t = Transfer()
+    receiver = make_receiver(root, FakeStore(t.files), metadata_store=FakeMetadataStore())
+    tid = receiver.create(t.descriptor)
+    with pytest.raises(BadRequest):
+        receiver.put_metadata(tid, {"Instances": {fake_id(999): {"Sample": "a"}}})
+    with pytest.raises(NotFound):
+        receiver.put_metadata(fake_id(998), {"Instances": {}})
+
+
+def test_a_failing_metadata_commit_rolls_the_import_back(root):
+    t = Transfer()
+    store = FakeStore(t.files)
+    receiver = make_receiver(root, store, metadata_store=FakeMetadataStore(StoreFailure("metadata refused")))
+    tid = receiver.create(t.descriptor)
+    receiver.put_metadata(tid, {"Instances": {}})
+    put_all(receiver, tid, t)
+    with pytest.raises(StoreFailure):
+        receiver.commit(tid)
+    assert store.stored == {} and sorted(store.deleted) == sorted(t.files)
+    assert receiver.committed_count == 0

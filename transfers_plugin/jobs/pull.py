@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from .. import capabilities
 from .. import codec as codecs
+from .. import metadata as meta
 from ..bandwidth import RateLimiter, cap_kbs, capped_bucket_kb
 from ..commitment import CommitmentError
 from ..config import PeerConfig, TransfersConfig
@@ -106,8 +108,10 @@ class PullJobType:
     def __init__(self, config: TransfersConfig, peers: Callable[[], Dict[str, PeerConfig]],
                  transport: PeerTransport, store: Any, download_root: Path,
                  log_info: Callable[[str], None] = lambda m: None,
-                 log_warning: Callable[[str], None] = lambda m: None, metrics: Optional[Metrics] = None):
+                 log_warning: Callable[[str], None] = lambda m: None, metrics: Optional[Metrics] = None,
+                 metadata_store: Optional[meta.MetadataStore] = None):
         self.config = config
+        self.metadata_store = metadata_store
         self.peers = peers
         self.transport = transport
         self.metrics = metrics if metrics is not None else Metrics()
@@ -181,8 +185,9 @@ class PullJobType:
                 if ctx.stop_reason is None:  # a failure, not a pause or a shutdown met by the download
                     self.leave_only_verified(ctx, area, buckets)
                 raise
+        document = self.fetch_metadata(ctx, query, peer, instances) if query.metadata else None
         t1 = time.monotonic()
-        self.commit(ctx, instances, area)
+        self.commit(ctx, instances, area, document)
         self.log_info(f"Transfers: job {ctx.id}: {len(buckets)} buckets downloaded and verified in {t1 - t0:.2f} s, "
                       f"{len(instances)} instances committed in {time.monotonic() - t1:.2f} s")
 
@@ -196,6 +201,26 @@ class PullJobType:
             return parse_lookup_answer(answer.document, query.originator, peer, self.config.limits)
         except BadRequest as e:
             raise NetworkProtocol(f"Peer {peer.name!r} gave a bad lookup answer: {e.message}") from None
+
+    def fetch_metadata(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig,
+                       instances: List[InstanceInfo]) -> Optional[Dict[str, Any]]:
+        """``"Metadata": true``: the user metadata and labels of the instances, asked of our source only when it
+        lists the feature (a C++ source is never asked: the transfer goes on without them, and says so)."""
+        caps = capabilities.ask(self.transport, peer, ctx.stop_event, self.log_warning,
+                                float(self.config.peer_connectivity_timeout))
+        ctx.check()
+        if caps is None or not caps.supports(capabilities.METADATA) or self.metadata_store is None:
+            self.log_warning(f"Transfers: job {ctx.id}: peer {peer.name!r} cannot give metadata and labels (a C++ "
+                             f"peer, or an older one): the transfer goes without them")
+            ctx.update_content(Metadata=meta.NOT_SUPPORTED)
+            return None
+        try:
+            document = meta.ask_peer(self.transport, peer, [i.id for i in instances],
+                                     transfer_headers(query.sender_transfer_id, "application/json"), ctx.stop_event)
+        except BadRequest as e:
+            raise NetworkProtocol(f"Peer {peer.name!r} gave a bad metadata answer: {e.message}") from None
+        ctx.check()
+        return document
 
     # -- download ------------------------------------------------------------------------------------
 
@@ -383,7 +408,8 @@ class PullJobType:
 
     # -- commit --------------------------------------------------------------------------------------
 
-    def commit(self, ctx: JobContext, instances: List[InstanceInfo], area: DownloadArea) -> None:
+    def commit(self, ctx: JobContext, instances: List[InstanceInfo], area: DownloadArea,
+               document: Optional[Dict[str, Any]] = None) -> None:
         state = ctx.resume_state
         imported: List[str] = list(state.get("Imported", []))  # appended to, never copied: no O(n^2)
         created: List[str] = list(state.get("Created", []))
@@ -409,6 +435,14 @@ class PullJobType:
         try:
             import_instances(area, instances, self.store, self.config.commit_threads_count, ctx.stop_event,
                              set(imported), created, on_imported)
+            if document is not None and not ctx.stop_event.is_set():  # a stop: applied when the commit goes on
+                try:
+                    self.apply_metadata(ctx, document)
+                except OrthancUnavailable:
+                    raise
+                except Exception:
+                    rollback(self.store, created)  # part of the commit: what it imported goes again
+                    raise
         except OrthancUnavailable:
             raise  # Orthanc is stopping: nothing was rolled back, the commit goes on after the restart
         except Exception:
@@ -418,6 +452,17 @@ class PullJobType:
         finally:
             ctx.save_now()
         ctx.check()
+
+    def apply_metadata(self, ctx: JobContext, document: Dict[str, Any]) -> None:
+        warnings: List[str] = []
+
+        def warn(message: str) -> None:
+            self.log_warning(f"Transfers: job {ctx.id}: {message}")
+            if len(warnings) < meta.MAX_WARNINGS:
+                warnings.append(message)
+
+        written = self.metadata_store.apply(document, warn)
+        ctx.update_content(Metadata=written, **({"MetadataWarnings": warnings} if warnings else {}))
 
     def rollback(self, record: JobRecord) -> None:
         """Deletes the instances this job created, so that a canceled transfer leaves nothing."""

@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from .. import capabilities, holdings
+from .. import metadata as meta
 from ..bandwidth import RateLimiter, cap_kbs
 from ..config import PeerConfig, TransfersConfig
 from ..download_area import instances_of
@@ -73,8 +74,10 @@ class PushJobType:
 
     def __init__(self, config: TransfersConfig, peers: Callable[[], Dict[str, PeerConfig]],
                  transport: PeerTransport, source: Any, log_info: Callable[[str], None] = lambda m: None,
-                 log_warning: Callable[[str], None] = lambda m: None, metrics: Optional[Metrics] = None):
+                 log_warning: Callable[[str], None] = lambda m: None, metrics: Optional[Metrics] = None,
+                 metadata_store: Optional[meta.MetadataStore] = None):
         self.config = config
+        self.metadata_store = metadata_store
         self.peers = peers
         self.transport = transport
         self.metrics = metrics if metrics is not None else Metrics()
@@ -129,6 +132,16 @@ class PushJobType:
                      instances: List[InstanceInfo]) -> Set[str]:
         """What the receiver already holds, asked only of our peers (a C++ receiver gets everything). The
         peer's capabilities are asked once per job and kept in its resume state."""
+        caps = self.peer_capabilities(ctx, peer)
+        if caps is None or not caps.supports(capabilities.SKIP_EXISTING):
+            return set()
+        found = holdings.ask_peer(self.transport, peer, instances, self.headers(query, {}, "application/json"),
+                                  ctx.stop_event)
+        ctx.check()
+        return found
+
+    def peer_capabilities(self, ctx: JobContext, peer: PeerConfig) -> Optional[capabilities.Capabilities]:
+        """The receiver's capabilities, asked once per job and kept in its resume state."""
         state = ctx.resume_state
         if "PeerCapabilities" in state:
             caps = capabilities.from_state(state["PeerCapabilities"])
@@ -137,12 +150,29 @@ class PushJobType:
                                     float(self.config.peer_connectivity_timeout))
             ctx.update_resume_state(PeerCapabilities=caps.to_json() if caps is not None else None)
         ctx.check()
-        if caps is None or not caps.supports(capabilities.SKIP_EXISTING):
-            return set()
-        found = holdings.ask_peer(self.transport, peer, instances, self.headers(query, {}, "application/json"),
-                                  ctx.stop_event)
+        return caps
+
+    def send_metadata(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig,
+                      descriptor: PushDescriptor) -> None:
+        """``"Metadata": true``: the user metadata and labels of the instances go to the transaction before its
+        commit, only to a receiver that lists the feature (a C++ receiver never gets them: the transfer goes
+        on without them, and says so)."""
+        caps = self.peer_capabilities(ctx, peer)
+        if caps is None or not caps.supports(capabilities.METADATA) or self.metadata_store is None:
+            self.log_warning(f"Transfers: job {ctx.id}: peer {peer.name!r} cannot take metadata and labels (a C++ "
+                             f"peer, or an older one): the transfer goes without them")
+            ctx.update_content(Metadata=meta.NOT_SUPPORTED)
+            return
+        document = self.metadata_store.collect(i.id for i in descriptor.instances)
         ctx.check()
-        return found
+        path = ctx.resume_state["Transaction"]
+        try:
+            self.transport.call(peer, "POST", f"{path}/metadata", body=dumps_compact(document),
+                                headers=self.headers(query, ctx.resume_state, "application/json"),
+                                stop_event=ctx.stop_event)
+        except PeerError as e:
+            raise lost_if_unknown(e, peer, path) from None
+        ctx.update_content(Metadata=meta.count(document))
 
     def send(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, descriptor: PushDescriptor) -> None:
         """Creates the transaction unless the resume state has one, uploads the buckets not done yet, commits."""
@@ -159,6 +189,8 @@ class PushJobType:
             self.upload(ctx, query, peer, descriptor, todo, bodies)
         finally:
             bodies.close()
+        if query.metadata:
+            self.send_metadata(ctx, query, peer, descriptor)
         self.commit(ctx, query, peer)
 
     @staticmethod
