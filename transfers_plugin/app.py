@@ -53,7 +53,7 @@ class Application:
         self.config = config
         self.originator = str(uuid.uuid4())  # changes at every start, as the C++ plugin's
         self.metrics = Metrics()
-        self.metadata = MetadataStore(api)
+        self.metadata = MetadataStore(api, api.log_warning)
         self.source = Source(api, config.cache_size_bytes, config.threads)
         self.transport = PeerTransport(config)
         self.transport.on_retry = lambda: self.metrics.add(RETRIES)

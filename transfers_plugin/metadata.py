@@ -115,8 +115,9 @@ class MetadataStore:
     """Reads and writes metadata and labels in the Orthanc running the plugin (``api``: ``configuration()``,
     ``orthanc_version_at_least``, ``core_get_json``, ``core_request``)."""
 
-    def __init__(self, api: Any):
+    def __init__(self, api: Any, log_warning: Callable[[str], None] = lambda m: None):
         self.api = api
+        self.log_warning = log_warning
         self.names = user_metadata_names(api.configuration())
         self.labels = bool(api.orthanc_version_at_least(1, 12, 0))
 
@@ -137,8 +138,13 @@ class MetadataStore:
                 names = self.api.core_get_json(f"/instances/{iid}/metadata")
                 values = {}
                 for name in sorted(set(names if isinstance(names, list) else ()) & self.names):
-                    value = self.api.core_request("GET", f"/instances/{iid}/metadata/{name}")
-                    values[name] = value.decode("utf-8", "replace")[:MAX_VALUE]
+                    value = self.api.core_request("GET", f"/instances/{iid}/metadata/{name}").decode("utf-8",
+                                                                                                    "replace")
+                    if len(value) > MAX_VALUE:  # a peer refuses it: left out, never cut
+                        self.log_warning(f"Transfers: metadata {name} of instance {iid} is not carried: it has more "
+                                         f"than {MAX_VALUE} characters")
+                        continue
+                    values[name] = value
                 out["Instances"][iid] = values
                 if not self.labels:
                     continue

@@ -283,7 +283,11 @@ class PushReceiver:
 
     def put_metadata(self, tid: str, document: Any) -> None:
         """``POST /transfers/push/{id}/metadata`` (our senders only, see :mod:`metadata`): checked, kept, and
-        applied by the commit after the import."""
+        applied by the commit after the import. Again after the commit (a sender resumed before it recorded
+        the commit's answer): nothing to do, the commit applied what it was given."""
+        with self._lock:
+            if tid in self._committed and tid not in self._transactions:
+                return
         t = self._get(tid)
         if self.metadata_store is None:
             raise NotFound("This receiver does not take metadata")

@@ -245,3 +245,12 @@ def test_a_pull_asks_our_source_in_batches_and_checks_its_answer(monkeypatch, tm
                           metadata_store=store)
     with pytest.raises(NetworkProtocol):
         hostile.fetch_metadata(RecordingContext(), q, PEER, infos)
+
+
+def test_a_value_too_long_is_left_out_with_a_warning_never_cut():
+    api = FakeOrthanc(names=("Sample", "Other"))
+    api.metadata[ID1]["Other"] = "x" * (meta.MAX_VALUE + 1)
+    warnings = []
+    doc = meta.MetadataStore(api, warnings.append).collect([ID1])
+    assert doc["Instances"] == {ID1: {"Sample": "s1"}}
+    assert len(warnings) == 1 and "Other" in warnings[0]

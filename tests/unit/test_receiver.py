@@ -1195,3 +1195,16 @@ def test_a_failing_metadata_commit_rolls_the_import_back(root):
         receiver.commit(tid)
     assert store.stored == {} and sorted(store.deleted) == sorted(t.files)
     assert receiver.committed_count == 0
+
+
+def test_metadata_given_again_after_the_commit_is_a_no_op(root):
+    t = Transfer()
+    metadata = FakeMetadataStore()
+    receiver = make_receiver(root, FakeStore(t.files), metadata_store=metadata)
+    tid = receiver.create(t.descriptor)
+    receiver.put_metadata(tid, {"Instances": {}})
+    put_all(receiver, tid, t)
+    receiver.commit(tid)
+    receiver.put_metadata(tid, {"Instances": {}})  # a sender resumed before it recorded the commit
+    receiver.commit(tid)
+    assert len(metadata.applied) == 1
