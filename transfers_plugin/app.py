@@ -18,7 +18,9 @@ from .capabilities import (
     METADATA,
     SKIP_EXISTING,
     PeerCapabilities,
+    choose_compression,
     local_capabilities,
+    needs_peer,
 )
 from .config import ConfigError, TransfersConfig, merge_registered_peers, parse_configuration
 from .download_area import DownloadArea
@@ -172,7 +174,7 @@ class Application:
             if synchronous:
                 return self.outcome(job)
             return {"ID": job.id, "Path": f"/jobs/{job.id}"}
-        body = {"Resources": [r.to_json() for r in query.resources], "Compression": query.compression,
+        body = {"Resources": [r.to_json() for r in query.resources], "Compression": self.wire_compression(query, peer),
                 "Originator": self.originator, "Peer": peer.remote_self}  # no Priority: the peer sets it (as C++)
         body.update(self.forwarded_options(query, peer))
         answer = self.transport.call(peer, "POST", "/transfers/pull", body=dumps_compact(body), expect_json=True,
@@ -191,6 +193,15 @@ class Application:
         if synchronous:
             return self.outcome(follow)
         return {**sent, "ID": follow.id, "Path": f"/jobs/{follow.id}"}
+
+    def wire_compression(self, query: TransferQuery, peer) -> str:
+        """The compression a send in pull mode asks the peer to pull in: "auto" and zstd-shuffle resolved with
+        the peer's capabilities (a C++ peer, which knows neither, gets gzip)."""
+        if not needs_peer(query.compression):
+            return query.compression
+        caps = PeerCapabilities(self.transport, self.api.log_warning,
+                                float(self.config.peer_connectivity_timeout)).of(peer)
+        return choose_compression(query.compression, caps, peer.name, self.api.log_warning)
 
     def forwarded_options(self, query: TransferQuery, peer) -> Dict[str, Any]:
         """What a send in pull mode passes on of our own options: only to our peers (a C++ peer is not even

@@ -18,14 +18,19 @@ a peer that answers anything else is treated as a C++ peer (it gets everything, 
 - ``bandwidth-cap``: the peer takes ``"MaxBandwidthKBs"`` in ``/transfers/pull``;
 - ``metadata``: the peer answers ``POST /transfers/metadata`` (a source), takes
   ``POST /transfers/push/{id}/metadata`` (a receiver) and ``"Metadata"`` in ``/transfers/pull`` (:mod:`metadata`).
+
+"Compression" lists the wire codecs the peer encodes and decodes: ``zstd-shuffle`` only where ``zstandard``
+imports. :func:`choose_compression` turns what a client asked for into what goes on the wire: ``none`` and
+``gzip`` as asked; ``auto`` and ``zstd-shuffle`` give ``zstd-shuffle`` when both ends list it, else ``gzip``
+(a C++ peer, an older peer of ours, or no zstandard at one end), with a log line when it was asked by name.
 """
 
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
+from .codec import AUTO, ZSTD_SHUFFLE, codec_names
 from .errors import TransfersError
-from .protocol import COMPRESSIONS
 
 CAPABILITIES_URI = "/transfers/capabilities"
 PLUGIN_INFO_URI = "/plugins/transfers"
@@ -56,7 +61,26 @@ class Capabilities:
 
 def local_capabilities(version: str) -> Dict[str, Any]:
     """The answer of our ``GET /transfers/capabilities``."""
-    return Capabilities(IMPLEMENTATION, version, frozenset(FEATURES), COMPRESSIONS).to_json()
+    return Capabilities(IMPLEMENTATION, version, frozenset(FEATURES), codec_names()).to_json()
+
+
+def needs_peer(requested: str) -> bool:
+    """Whether the wire compression of ``requested`` depends on the peer (``auto``, ``zstd-shuffle``)."""
+    return requested in (AUTO, ZSTD_SHUFFLE)
+
+
+def choose_compression(requested: str, caps: Optional[Capabilities], peer_name: str,
+                       log_warning: Callable[[str], None] = lambda m: None) -> str:
+    """The wire compression of a transfer with a peer of capabilities ``caps`` (None: a C++ peer)."""
+    if not needs_peer(requested):
+        return requested
+    if ZSTD_SHUFFLE in codec_names() and caps is not None and ZSTD_SHUFFLE in caps.compression:
+        return ZSTD_SHUFFLE
+    if requested == ZSTD_SHUFFLE:
+        why = ("zstandard is not installed here" if ZSTD_SHUFFLE not in codec_names()
+               else "it does not list it (a C++ peer, an older one, or one without zstandard)")
+        log_warning(f"Transfers: {ZSTD_SHUFFLE} asked for with peer {peer_name!r}, but {why}: the transfer uses gzip")
+    return "gzip"
 
 
 def advertises(plugin_info: Any) -> bool:

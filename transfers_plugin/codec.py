@@ -8,10 +8,30 @@ codecs, levels); the wire names the C++ plugin knows are ``none`` and ``gzip``.
 the same level (default header: mtime 0, OS 3). Decoding is strict, because a C++ peer would otherwise
 silently truncate or fail: one member, no trailing bytes, no truncation, and, when the expected size is
 known, exactly that many bytes, without ever inflating more than one byte past it.
+
+``zstd-shuffle`` (between our peers only, registered when ``zstandard`` imports): a self-describing payload,
+
+    b"TZS1"  u32 n  n x (u8 width, u64 length)  one zstd frame (content size and checksum written)
+
+The segments, in order, make the raw payload (their lengths add up to its size); a segment of width 2 or 4
+is the samples of uncompressed pixel data, and the frame holds it "byte shuffled" (all the first bytes of
+its samples, then all the second bytes...), which zstd compresses much better than the interleaved bytes;
+a segment of width 1 is plain bytes. The encoder is given the segments (dicom_layout.split cuts them at
+the source, which has the whole instances); :meth:`Codec.encode` alone makes one plain segment. Decoding
+is strict: a bounded header, widths 1, 2 or 4 with whole samples, the lengths adding up to the expected
+size, a frame that declares exactly that content size, ends with the payload and decodes without error.
+zstandard releases the GIL while it compresses and decompresses; each thread has its own compressor.
 """
 
+import struct
+import threading
 import zlib
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+try:
+    import zstandard
+except ImportError:  # an optional dependency: without it, none and gzip only
+    zstandard = None
 
 from .errors import BadRequest, ParameterOutOfRange
 
@@ -69,9 +89,17 @@ class Codec:
     def decoder(self, expected_size: Optional[int] = None) -> Decoder:
         raise NotImplementedError
 
+    # Whether encode_parts uses the segments it is given (the source then cuts instances with dicom_layout).
+    uses_layout = False
+
     def encode(self, data: bytes) -> bytes:
         encoder = self.encoder()
         return encoder.update(data) + encoder.finish()
+
+    def encode_parts(self, parts: Sequence[Tuple[memoryview, int]]) -> bytes:
+        """The payload made of ``parts`` ``(bytes, sample width)``, in order; only ``zstd-shuffle`` uses the
+        widths, the others encode the bytes joined."""
+        return self.encode(b"".join(view for view, _ in parts))
 
     def decode(self, data: bytes, expected_size: Optional[int] = None) -> bytes:
         decoder = self.decoder(expected_size)
@@ -250,6 +278,212 @@ class GzipCodec(Codec):
         return super().decode(data, expected_size)
 
 
+# --- zstd-shuffle ----------------------------------------------------------------------------------------
+
+ZSTD_SHUFFLE = "zstd-shuffle"
+AUTO = "auto"  # in a transfer query only: the best codec both ends have (capabilities.choose_compression)
+ZSTD_MAGIC = b"TZS1"
+ZSTD_DEFAULT_LEVEL = 1
+ZSTD_MAX_LEVEL = 19
+MAX_SEGMENTS = 65536
+WIDTHS = (1, 2, 4)
+MAX_UNBOUNDED_SIZE = 1 << 30  # the most a payload decodes to when no expected size is given
+_SEGMENT = struct.Struct("<BQ")
+_COUNT = struct.Struct("<I")
+_HEADER_FIXED = len(ZSTD_MAGIC) + _COUNT.size
+_local = threading.local()
+
+
+def zstd_available() -> bool:
+    return zstandard is not None
+
+
+def _compressor(level: int):
+    """This thread's compressor at ``level`` (a ZstdCompressor is not thread-safe)."""
+    found = getattr(_local, "compressors", None)
+    if found is None:
+        found = _local.compressors = {}
+    compressor = found.get(level)
+    if compressor is None:
+        compressor = found[level] = zstandard.ZstdCompressor(level=level, write_content_size=True,
+                                                             write_checksum=True)
+    return compressor
+
+
+def _decompressor():
+    found = getattr(_local, "decompressor", None)
+    if found is None:
+        found = _local.decompressor = zstandard.ZstdDecompressor()
+    return found
+
+
+def _shuffled(view: memoryview, width: int) -> bytes:
+    if width == 1:
+        return view
+    raw = bytes(view)
+    return b"".join(raw[k::width] for k in range(width))
+
+
+def max_encoded_size(raw_size: int) -> int:
+    """An upper bound of the payload of ``raw_size`` bytes in any valid encoding (zstd's bound plus the
+    largest header)."""
+    return _HEADER_FIXED + MAX_SEGMENTS * _SEGMENT.size + raw_size + raw_size // 128 + 4096
+
+
+def parse_zstd_payload(data: bytes, expected_size: Optional[int]) -> bytes:
+    """The raw bytes of a ``zstd-shuffle`` payload, checked (see the module's description)."""
+    mv = memoryview(data).cast("B")
+    if len(mv) < _HEADER_FIXED or bytes(mv[:4]) != ZSTD_MAGIC:
+        raise CodecError(f"The payload is not a {ZSTD_SHUFFLE} payload (no {ZSTD_MAGIC!r} header)")
+    (count,) = _COUNT.unpack_from(mv, 4)
+    if count > MAX_SEGMENTS:
+        raise CodecError(f"The {ZSTD_SHUFFLE} payload lists {count} segments, more than {MAX_SEGMENTS}")
+    end = _HEADER_FIXED + count * _SEGMENT.size
+    if len(mv) < end:
+        raise CodecError(f"The {ZSTD_SHUFFLE} payload is truncated in its header ({len(mv)} bytes)")
+    segments = list(_SEGMENT.iter_unpack(mv[_HEADER_FIXED:end]))
+    total = 0
+    for width, length in segments:
+        if width not in WIDTHS or length == 0 or length % width:
+            raise CodecError(f"The {ZSTD_SHUFFLE} payload has a bad segment ({length} bytes of width {width})")
+        total += length
+    limit = MAX_UNBOUNDED_SIZE if expected_size is None else expected_size
+    if (expected_size is not None and total != expected_size) or total > limit:
+        raise PayloadSizeError(f"The {ZSTD_SHUFFLE} payload lists {total} bytes instead of the expected {limit}")
+    frame = mv[end:]
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as e:
+        raise CodecError(f"The {ZSTD_SHUFFLE} payload has no valid zstd frame: {e}") from None
+    if declared != total:
+        raise PayloadSizeError(f"The zstd frame of the payload declares {declared} bytes instead of the {total} "
+                               f"of its segments")
+    decompressor = _decompressor().decompressobj()
+    try:
+        raw = decompressor.decompress(frame)
+    except zstandard.ZstdError as e:
+        raise CodecError(f"The {ZSTD_SHUFFLE} payload has a damaged zstd frame: {e}") from None
+    if not decompressor.eof:
+        raise CodecError(f"The {ZSTD_SHUFFLE} payload is truncated (its zstd frame does not end)")
+    if decompressor.unused_data:
+        raise CodecError(f"The {ZSTD_SHUFFLE} payload has trailing bytes after its zstd frame")
+    if len(raw) != total:
+        raise PayloadSizeError(f"The {ZSTD_SHUFFLE} payload decodes to {len(raw)} bytes instead of {total}")
+    if all(width == 1 for width, _ in segments):
+        return raw
+    out = bytearray(raw)
+    source = memoryview(raw)
+    position = 0
+    for width, length in segments:
+        if width > 1:
+            plane = length // width
+            for k in range(width):
+                out[position + k:position + length:width] = source[position + k * plane:position + (k + 1) * plane]
+        position += length
+    return out
+
+
+class _ZstdEncoder(Encoder):
+    """Incremental form of :meth:`ZstdShuffleCodec.encode`: the bytes are kept, encoded at the end."""
+
+    def __init__(self, codec: "ZstdShuffleCodec"):
+        self._codec = codec
+        self._parts: List[bytes] = []
+        self._finished = False
+
+    def update(self, data: bytes) -> bytes:
+        if self._finished:
+            raise ValueError(f"This {ZSTD_SHUFFLE} encoder is already finished")
+        self._parts.append(bytes(data))
+        return b""
+
+    def finish(self) -> bytes:
+        if self._finished:
+            raise ValueError(f"This {ZSTD_SHUFFLE} encoder is already finished")
+        self._finished = True
+        return self._codec.encode_parts([(memoryview(p), 1) for p in self._parts])
+
+
+class _ZstdDecoder(Decoder):
+    """The payload is kept (at most :func:`max_encoded_size` of the expected size), decoded by finish."""
+
+    def __init__(self, expected_size: Optional[int]):
+        self._expected = expected_size
+        self._limit = max_encoded_size(MAX_UNBOUNDED_SIZE if expected_size is None else expected_size)
+        self._parts: List[bytes] = []
+        self._length = 0
+        self._finished = False
+
+    def update(self, data: bytes) -> bytes:
+        self._length += len(data)
+        if self._length > self._limit:
+            raise PayloadSizeError(f"The {ZSTD_SHUFFLE} payload is longer ({self._length} bytes) than any encoding "
+                                   f"of the expected {self._expected} bytes")
+        self._parts.append(bytes(data))
+        return b""
+
+    def finish(self) -> bytes:
+        if self._finished:
+            return b""
+        self._finished = True
+        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts = []
+        return parse_zstd_payload(data, self._expected)
+
+
+class ZstdShuffleCodec(Codec):
+    """zstd (level 1 to 19, default 1) of segments, pixel samples byte-shuffled (see the module)."""
+
+    name = ZSTD_SHUFFLE
+    content_type = "application/octet-stream"
+    uses_layout = True
+
+    def __init__(self, level: Optional[int] = None):
+        if zstandard is None:
+            raise ParameterOutOfRange(f"The {ZSTD_SHUFFLE} compression needs the zstandard module")
+        if level is None:
+            level = ZSTD_DEFAULT_LEVEL
+        if not isinstance(level, int) or isinstance(level, bool) or not 1 <= level <= ZSTD_MAX_LEVEL:
+            raise ParameterOutOfRange(f"The zstd level must be an integer from 1 to {ZSTD_MAX_LEVEL}, not {level!r}")
+        self.level = level
+
+    def encoder(self) -> Encoder:
+        return _ZstdEncoder(self)
+
+    def decoder(self, expected_size: Optional[int] = None) -> Decoder:
+        _check_expected_size(expected_size)
+        return _ZstdDecoder(expected_size)
+
+    def encode(self, data: bytes) -> bytes:
+        return self.encode_parts([(memoryview(data).cast("B"), 1)])
+
+    def encode_parts(self, parts: Iterable[Tuple[memoryview, int]]) -> bytes:
+        kept: List[Tuple[memoryview, int]] = []
+        header: List[List[int]] = []  # [width, length]; consecutive plain segments are one
+        for view, width in parts:
+            n = len(view)
+            if not n:
+                continue
+            if width not in WIDTHS or n % width:
+                width = 1
+            kept.append((view, width))
+            if header and width == 1 and header[-1][0] == 1:
+                header[-1][1] += n
+            else:
+                header.append([width, n])
+        if len(header) > MAX_SEGMENTS:  # a bucket of very many tiny instances: all plain
+            header = [[1, sum(n for _, n in header)]]
+            kept = [(view, 1) for view, _ in kept]
+        total = sum(n for _, n in header)
+        out = [ZSTD_MAGIC, _COUNT.pack(len(header))]
+        out.extend(_SEGMENT.pack(width, n) for width, n in header)
+        stream = _compressor(self.level).compressobj(size=total)
+        for view, width in kept:
+            out.append(stream.compress(_shuffled(view, width)))
+        out.append(stream.flush())
+        return b"".join(out)
+
+
 # --- registry --------------------------------------------------------------------------------------------
 
 CodecFactory = Callable[[Optional[int]], Codec]
@@ -285,3 +519,5 @@ def decode(name: str, data: bytes, expected_size: Optional[int] = None) -> bytes
 
 register_codec("none", lambda level: NoneCodec())
 register_codec("gzip", GzipCodec)
+if zstandard is not None:
+    register_codec(ZSTD_SHUFFLE, ZstdShuffleCodec)

@@ -36,7 +36,7 @@ TRANSFERS_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
 
 # Options of this plugin that the C++ plugin does not have.
 PLUGIN_INT_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
-    "CompressionLevel": (1, 1, 9, "gzip level of the buckets this plugin compresses"),
+    "CompressionLevel": (1, 1, 9, "gzip and zstd-shuffle level of the buckets this plugin compresses"),
     "PushTransactionTimeout": (3600, 10, 7 * 24 * 3600, "seconds after which an idle push transaction is discarded"),
     "MaxJsonBodySize": (64, 1, 4096, "largest JSON body accepted from a client or read from a peer, in MB"),
     "MaxTransferInstances": (100_000, 1, 10_000_000, "instances (and buckets, resources) of one transfer"),
@@ -106,8 +106,8 @@ class TransfersConfig:
     warnings: Tuple[str, ...] = ()
 
     def codec(self, name: str) -> Codec:
-        """The codec of a wire compression name, at this plugin's ``CompressionLevel`` for gzip."""
-        return get_codec(name, self.compression_level if name == "gzip" else None)
+        """The codec of a wire compression name, at this plugin's ``CompressionLevel`` (gzip, zstd-shuffle)."""
+        return get_codec(name, None if name == "none" else self.compression_level)
 
     @property
     def limits(self) -> Limits:

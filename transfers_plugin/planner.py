@@ -14,8 +14,9 @@ that brings its total to ``G`` bytes or more, and, in pull mode, after the insta
 
 from typing import Any, Iterable, List, Mapping, Tuple, Union
 
+from .codec import codec_names
 from .errors import BadParameterType, ParameterOutOfRange
-from .protocol import COMPRESSIONS, KB, Bucket, Chunk
+from .protocol import KB, Bucket, Chunk
 
 # The C++ plugin keeps pull URLs under 2000 characters, with room for a 44-character ID.
 MAX_PULL_URL_LENGTH = 2000 - 44
@@ -187,9 +188,9 @@ def _group_threshold(bucket_size_kb: Any) -> int:
 
 
 def _check_compression(compression: Any) -> None:
-    if compression not in COMPRESSIONS:
+    if compression not in codec_names():
         raise ParameterOutOfRange(
-            f"Unknown compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
+            f"Unknown compression {compression!r}: expected one of {', '.join(codec_names())}")
 
 
 def _instance_sizes(instances: InstanceSizes) -> Mapping[str, int]:

@@ -9,12 +9,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from .codec import AUTO, ZSTD_SHUFFLE, codec_names
 from .errors import BadFileFormat, BadJson, BadParameterType, BadRequest, ParameterOutOfRange, PayloadTooLarge
 
 KB = 1024
 MB = 1024 * 1024
 
-COMPRESSIONS = ("none", "gzip")
+COMPRESSIONS = ("none", "gzip")  # what the C++ plugin knows, hence what a C++ peer may be asked for
+# What a client may ask for in /transfers/send and /transfers/pull: the wire names, "auto" and zstd-shuffle
+# (even without zstandard here: the job then falls back to gzip, see capabilities.choose_compression).
+REQUESTED_COMPRESSIONS = COMPRESSIONS + (ZSTD_SHUFFLE, AUTO)
 
 LEVEL_PATIENT = "Patient"
 LEVEL_STUDY = "Study"
@@ -172,12 +176,15 @@ def check_count(n: int, what: str, limits: Limits) -> None:
                               f"transfer (Transfers.MaxTransferInstances); split the transfer")
 
 
-def parse_compression(value: Any, what: str = "Compression") -> str:
+def parse_compression(value: Any, what: str = "Compression", requested: bool = False) -> str:
+    """A wire compression this plugin can encode and decode (``codec_names``), or with ``requested`` (a
+    client's transfer query) any of ``REQUESTED_COMPRESSIONS``."""
+    allowed = REQUESTED_COMPRESSIONS if requested else codec_names()
     if not isinstance(value, str):
-        raise BadFileFormat(f"{what} must be a string, one of {', '.join(COMPRESSIONS)}")
-    if value not in COMPRESSIONS:
+        raise BadFileFormat(f"{what} must be a string, one of {', '.join(allowed)}")
+    if value not in allowed:
         raise ParameterOutOfRange(
-            f"Unknown {what} {shown(value)}: expected one of {', '.join(COMPRESSIONS)}")
+            f"Unknown {what} {shown(value)}: expected one of {', '.join(allowed)}")
     return value
 
 
@@ -388,7 +395,7 @@ class TransferQuery:
             raise BadFileFormat("The transfer query must be a JSON object with Resources, Peer and Compression")
         resources = tuple(parse_resources(_require(value, "Resources", list, where), limits))
         peer = check_token(_require(value, "Peer", str, where), f"{where}: Peer")
-        compression = parse_compression(_require(value, "Compression", str, where))
+        compression = parse_compression(_require(value, "Compression", str, where), requested=True)
         priority = 0
         if "Priority" in value:
             priority = _require(value, "Priority", int, where)

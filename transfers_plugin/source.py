@@ -5,8 +5,10 @@ is testable without Orthanc.
 """
 
 import threading
+from collections import OrderedDict
 from typing import Iterable, List, Optional, Protocol, Sequence, Tuple
 
+from . import dicom_layout
 from .cache import CachedInstance, InstanceCache
 from .errors import CorruptedFile, ParameterOutOfRange, PayloadTooLarge
 from .protocol import (
@@ -24,6 +26,7 @@ from .protocol import (
 # The least an assembled chunks answer may hold, whatever CacheSize: a puller asks for up to twice its own
 # BucketSize in one request, and a site may keep a small cache.
 MIN_ANSWER_LIMIT = 256 * MB
+MAX_LAYOUTS = 100_000  # pixel data layouts kept (a few dozen bytes each)
 
 
 class SourceStore(Protocol):
@@ -44,6 +47,8 @@ class Source:
         self.store = store
         self.cache = InstanceCache(cache_capacity_bytes, self._load)
         self._reads = threading.BoundedSemaphore(max(1, max_concurrent_reads))
+        self._layouts: "OrderedDict[Tuple[str, str], Optional[dicom_layout.PixelLayout]]" = OrderedDict()
+        self._layouts_lock = threading.Lock()
 
     # -- lookup --------------------------------------------------------------------------------------
 
@@ -112,6 +117,50 @@ class Source:
         return read_range(self.get, request.ids, request.offset, request.size,
                           max(self.cache.capacity, MIN_ANSWER_LIMIT))
 
+    # -- encoded answers and bodies --------------------------------------------------------------------
+
+    def encoded(self, request: ChunkRequest, codec) -> bytes:
+        """The answer of a chunks request in ``codec``; a codec that uses the DICOM layout (zstd-shuffle) is
+        given each instance's range cut around its pixel data."""
+        if not codec.uses_layout:
+            return codec.encode(self.read(request))
+        pieces = range_pieces(self.get, request.ids, request.offset, request.size,
+                              max(self.cache.capacity, MIN_ANSWER_LIMIT))
+        return codec.encode_parts(self._segments(pieces))
+
+    def encoded_bucket(self, bucket: Bucket, codec) -> bytes:
+        """The PUT body of a push bucket in ``codec`` (see :meth:`encoded`)."""
+        if not codec.uses_layout:
+            return codec.encode(self.bucket_payload(bucket))
+        pieces = []
+        for c in bucket.chunks:
+            entry = self.get(c.instance_id)
+            if c.offset + c.size > len(entry.data):
+                raise CorruptedFile(f"Instance {c.instance_id} has {len(entry.data)} bytes, fewer than the transfer "
+                                    f"planned ({c.offset + c.size}); was it replaced meanwhile?")
+            pieces.append((entry, c.offset, memoryview(entry.data)[c.offset:c.offset + c.size]))
+        return codec.encode_parts(self._segments(pieces))
+
+    def _segments(self, pieces) -> List[dicom_layout.Segment]:
+        out: List[dicom_layout.Segment] = []
+        for entry, start, view in pieces:
+            out.extend(dicom_layout.split(view, start, self.layout(entry)))
+        return out
+
+    def layout(self, entry: CachedInstance) -> Optional[dicom_layout.PixelLayout]:
+        """Where the pixel data of an instance lies (found once per instance and MD5, then remembered)."""
+        key = (entry.id, entry.md5)
+        with self._layouts_lock:
+            if key in self._layouts:
+                self._layouts.move_to_end(key)
+                return self._layouts[key]
+        found = dicom_layout.find_pixel_data(entry.data)
+        with self._layouts_lock:
+            self._layouts[key] = found
+            while len(self._layouts) > MAX_LAYOUTS:
+                self._layouts.popitem(last=False)
+        return found
+
 
 def matches_record(entry: CachedInstance, size: int, md5: Optional[str]) -> bool:
     """Whether bytes are those Orthanc recorded for the instance: its size, and its MD5 when it has one."""
@@ -127,13 +176,23 @@ def read_range(get, ids: Sequence[str], offset: int, size: int, max_bytes: Optio
     must be assembled (several instances, or a part of one) is refused beyond ``max_bytes``: an instance
     listed 300 times in one URL must not make us allocate 300 copies of it.
     """
-    parts = []
+    parts = [view for _, _, view in range_pieces(get, ids, offset, size, max_bytes)]
+    if len(parts) == 1 and len(parts[0]) == len(parts[0].obj):
+        return parts[0].obj
+    return b"".join(parts)
+
+
+def range_pieces(get, ids: Sequence[str], offset: int, size: int, max_bytes: Optional[int] = None) -> list:
+    """The pieces ``(entry, offset in its instance, memoryview)`` that :func:`read_range` joins, with its
+    checks (``max_bytes`` applies to more than one piece or a part of an instance)."""
+    pieces = []
     produced = 0
     remaining_offset = offset
     for instance_id in ids:
         if size and produced >= size:
             break
-        data = get(instance_id).data
+        entry = get(instance_id)
+        data = entry.data
         n = len(data)
         if remaining_offset >= n:
             remaining_offset -= n
@@ -141,16 +200,15 @@ def read_range(get, ids: Sequence[str], offset: int, size: int, max_bytes: Optio
         take = n - remaining_offset
         if size:
             take = min(take, size - produced)
-        parts.append(memoryview(data)[remaining_offset:remaining_offset + take])
+        pieces.append((entry, remaining_offset, memoryview(data)[remaining_offset:remaining_offset + take]))
         produced += take
         remaining_offset = 0
     if offset and not produced:
         raise ParameterOutOfRange(f"offset {offset} is past the end of the listed instances "
                                   f"({offset - remaining_offset} bytes in all)")
-    if len(parts) == 1 and len(parts[0]) == len(parts[0].obj):
-        return parts[0].obj
-    if max_bytes is not None and produced > max_bytes:
+    whole = len(pieces) == 1 and len(pieces[0][2]) == len(pieces[0][2].obj)
+    if not whole and max_bytes is not None and produced > max_bytes:
         raise PayloadTooLarge(f"The chunks asked for make {produced} bytes, more than the {max_bytes // MB} MB "
                               f"one answer may hold (the larger of Transfers.CacheSize and "
                               f"{MIN_ANSWER_LIMIT // MB} MB)")
-    return b"".join(parts)
+    return pieces

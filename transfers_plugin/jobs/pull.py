@@ -11,6 +11,7 @@ on from where it stopped:
    ``CommitThreadsCount`` workers. If one cannot be stored, the instances this job created are deleted again.
 """
 
+import dataclasses
 import queue
 import threading
 import time
@@ -130,6 +131,7 @@ class PullJobType:
         peer = self.peers().get(query.peer)
         if peer is None:
             raise NotFound(f"Peer {query.peer!r} is not configured any more")
+        query = self.wire_query(ctx, query, peer)
         content: Dict[str, Any] = {"Resources": [r.to_json() for r in query.resources], "Peer": query.peer,
                                    "Compression": query.compression}
         if query.originator is not None:
@@ -190,6 +192,20 @@ class PullJobType:
         self.commit(ctx, instances, area, document)
         self.log_info(f"Transfers: job {ctx.id}: {len(buckets)} buckets downloaded and verified in {t1 - t0:.2f} s, "
                       f"{len(instances)} instances committed in {time.monotonic() - t1:.2f} s")
+
+    def wire_query(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig) -> TransferQuery:
+        """The query with its wire compression: "auto" and zstd-shuffle resolved with the source's capabilities
+        (capabilities.choose_compression), once per job (kept in its resume state: the plan depends on it)."""
+        if not capabilities.needs_peer(query.compression):
+            return query
+        state = ctx.resume_state
+        if "WireCompression" not in state:
+            caps = capabilities.ask(self.transport, peer, ctx.stop_event, self.log_warning,
+                                    float(self.config.peer_connectivity_timeout))
+            ctx.check()
+            ctx.update_resume_state(WireCompression=capabilities.choose_compression(
+                query.compression, caps, peer.name, self.log_warning))
+        return dataclasses.replace(query, compression=state["WireCompression"])
 
     def lookup(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig) -> List[InstanceInfo]:
         body = dumps_compact([r.to_json() for r in query.resources])

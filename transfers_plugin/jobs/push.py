@@ -15,6 +15,7 @@ Phases, recorded in the job's resume state (a pause, an Orthanc restart or a ret
 A failed or canceled job DELETEs its remote transaction.
 """
 
+import dataclasses
 import queue
 import threading
 import time
@@ -90,6 +91,7 @@ class PushJobType:
         peer = self.peers().get(query.peer)
         if peer is None:
             raise NotFound(f"Peer {query.peer!r} is not configured any more")
+        query = self.wire_query(ctx, query, peer)
         ctx.update_content(Resources=[r.to_json() for r in query.resources], Peer=query.peer,
                            Compression=query.compression)
         state = ctx.resume_state
@@ -127,6 +129,18 @@ class PushJobType:
                 # The receiver restarted, or dropped the transaction: a new one, with every bucket, at once.
                 self.log_warning(f"Transfers: job {ctx.id}: {e.message}; opening a new one")
                 ctx.drop_resume_state("Transaction", "Cookie")
+
+    def wire_query(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig) -> TransferQuery:
+        """The query with its wire compression: "auto" and zstd-shuffle resolved with the receiver's
+        capabilities (capabilities.choose_compression), once per job (kept in its resume state)."""
+        if not capabilities.needs_peer(query.compression):
+            return query
+        state = ctx.resume_state
+        if "WireCompression" not in state:
+            caps = self.peer_capabilities(ctx, peer)
+            ctx.update_resume_state(WireCompression=capabilities.choose_compression(
+                query.compression, caps, peer.name, self.log_warning))
+        return dataclasses.replace(query, compression=state["WireCompression"])
 
     def held_by_peer(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig,
                      instances: List[InstanceInfo]) -> Set[str]:
@@ -239,8 +253,13 @@ class PushJobType:
         """The PUT bodies of the buckets of ``todo``, read and encoded ahead of their turn (at most ``Threads``
         ahead), while the current ones are on the wire; the first ones are started at once."""
         codec = self.config.codec(query.compression)
-        return Prefetcher(todo, lambda index: codec.encode(self.source.bucket_payload(buckets[index])),
-                          self.config.threads, name).start()
+
+        def body(index: int) -> bytes:
+            if codec.uses_layout:  # zstd-shuffle: the source cuts the instances around their pixel data
+                return self.source.encoded_bucket(buckets[index], codec)
+            return codec.encode(self.source.bucket_payload(buckets[index]))
+
+        return Prefetcher(todo, body, self.config.threads, name).start()
 
     def upload(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, descriptor: PushDescriptor,
                todo: List[int], bodies: Prefetcher) -> None:
