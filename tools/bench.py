@@ -8,8 +8,8 @@ network profile (loopback, and a WAN emulated by tools/wan.py between A and B):
 
 - peers:   Orthanc's built-in peers, ``POST /peers/b/store`` (synchronous);
 - dicom:   DICOM C-STORE, ``POST /modalities/b/store`` (synchronous);
-- push-*:  our ``/transfers/send`` in push mode, with each compression;
-- pull-*:  our ``/transfers/pull`` at B, with each compression;
+- push-*:  our ``/transfers/send`` in push mode, with each compression (none, gzip, zstd-shuffle);
+- pull-*:  our ``/transfers/pull`` at B, with each compression (none, gzip, zstd-shuffle);
 - cxx-*:   the same with the C++ plugin, if ``--cxx-plugin`` gives the path of its library (``cxx-LABEL-*``
            with ``LABEL=PATH``; repeat the option to compare several builds in one run). The version each
            build reports at ``/plugins/transfers`` is recorded in the JSON.
@@ -39,7 +39,8 @@ from tools.synthetic import generate_study
 from tools.wan import WanProxy
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-OURS = ("push-none", "push-gzip", "pull-none", "pull-gzip")
+CXX_MODES = ("push-none", "push-gzip", "pull-none", "pull-gzip")  # what the C++ plugin can do too
+OURS = CXX_MODES + ("push-zstd-shuffle", "pull-zstd-shuffle")
 ALL_MODES = ("peers", "dicom") + OURS
 
 
@@ -167,7 +168,7 @@ def run_mode(setup: Setup, mode: str, studies: List[str], expected: int = 0) -> 
         r = a.post("/modalities/b/store", json={"Resources": studies, "Synchronous": True}, timeout=3600)
         r.raise_for_status()
         return
-    direction, compression = mode.split("-")
+    direction, compression = mode.split("-", 1)
     if direction == "push":
         r = a.post("/transfers/send", json={"Resources": resources, "Compression": compression, "Peer": "b"})
         r.raise_for_status()
@@ -357,7 +358,7 @@ def measure_cap(args: argparse.Namespace, modes: List[str], studies: List[bytes]
         resources = [{"Level": "Study", "ID": s} for s in sorted({a.get_json(f"/instances/{i}/study")["ID"]
                                                                   for i in ids})]
         for mode in modes:
-            direction, compression = mode.split("-")
+            direction, compression = mode.split("-", 1)
             for patient in b.get_json("/patients"):
                 b.request("DELETE", f"/patients/{patient}")
             proxy = to_a if direction == "pull" else to_b
@@ -498,7 +499,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     # One resource list for all modes: the studies, each as one Study resource (the same
                     # IDs on every A: Orthanc derives them from the DICOM UIDs).
                     study_ids = sorted({setup.a.get_json(f"/instances/{i}/study")["ID"] for i in ids})
-                    plan += [(setup, mode, prefix + mode) for mode in modes if not (prefix and mode not in OURS)]
+                    allowed = CXX_MODES if library else OURS  # the C++ plugin has no zstd-shuffle
+                    plan += [(setup, mode, prefix + mode) for mode in modes if not (prefix and mode not in allowed)]
                 log(f"{profile} / {', '.join(name for _, _, name in plan)}")
                 results.extend(measure(plan, study_ids, len(studies), args.runs, log))
             finally:

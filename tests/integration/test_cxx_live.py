@@ -95,6 +95,27 @@ def test_push_between_cxx_and_python(orthanc_factory, cxx, source_is_cxx, compre
     assert_same_instances(b, files)
 
 
+# -- zstd-shuffle and "auto" (issue 15): a C++ peer only ever gets gzip --------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["auto", "zstd-shuffle"])
+def test_a_cxx_peer_gets_gzip_for_auto_and_zstd_shuffle(orthanc_factory, cxx, compression):
+    a, b = start_pair(orthanc_factory, cxx, source_is_cxx=False)  # our sender, a C++ receiver
+    files = source_files(a)
+    r = a.post("/transfers/send", json={"Resources": resources(a, files), "Compression": compression, "Peer": "b"})
+    assert r.status_code == 200, r.text
+    job = wait_job(a, r.json()["ID"], timeout=300)
+    assert job["State"] == "Success", job
+    assert job["Content"]["Compression"] == "gzip"
+    assert_same_instances(b, files)
+    a2, b2 = start_pair(orthanc_factory, cxx, source_is_cxx=True)  # a C++ source, our puller
+    files = source_files(a2)
+    job = wait_job(b2, pull(b2, "a", resources(a2, files), compression), timeout=300)
+    assert job["State"] == "Success", job
+    assert job["Content"]["Compression"] == "gzip"
+    assert_same_instances(b2, files)
+
+
 # -- skipping what is there (issue 14): a C++ peer is never asked; it gets everything --------------------
 
 
