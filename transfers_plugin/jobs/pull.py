@@ -202,9 +202,17 @@ class PullJobType:
                     if committer is not None and not isinstance(committer.failure, OrthancUnavailable):
                         self.rollback_progressive(ctx)
                 raise
-        document = self.fetch_metadata(ctx, query, peer, instances) if query.metadata else None
         t1 = time.monotonic()
-        self.commit(ctx, instances, area, document)
+        try:
+            document = self.fetch_metadata(ctx, query, peer, instances) if query.metadata else None
+            t1 = time.monotonic()
+            self.commit(ctx, instances, area, document)
+        except (JobStopped, OrthancUnavailable):
+            raise
+        except Exception:
+            if progressive and ctx.stop_reason is None:  # e.g. the metadata: what was imported goes too
+                self.rollback_progressive(ctx)
+            raise
         self.log_info(f"Transfers: job {ctx.id}: {len(buckets)} buckets downloaded and verified in {t1 - t0:.2f} s, "
                       f"{len(instances)} instances committed in {time.monotonic() - t1:.2f} s")
 
@@ -459,8 +467,9 @@ class PullJobType:
         """A progressive commit whose transfer failed: what it created goes (a resubmit starts again)."""
         created = list(ctx.resume_state.get("Created", []))
         deleted = rollback(self.store, created)
-        self.log_warning(f"Transfers: job {ctx.id}: the transfer failed; the {deleted} instance(s) its progressive "
-                         f"commit had imported were deleted again")
+        if deleted:
+            self.log_warning(f"Transfers: job {ctx.id}: the transfer failed; the {deleted} instance(s) its "
+                             f"progressive commit had imported were deleted again")
         ctx.drop_resume_state(*COMMIT_PROGRESS)
         ctx.save_now()
 
