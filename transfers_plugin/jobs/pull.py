@@ -182,7 +182,8 @@ class PullJobType:
         t0 = time.monotonic()
         progressive = query.progressive_commit if query.progressive_commit is not None \
             else self.config.progressive_commit
-        ctx.update_content(ProgressiveCommit=progressive)
+        if progressive:  # only then: the Content of a job without it stays as it was
+            ctx.update_content(ProgressiveCommit=True)
         if len(state["Verified"]) < len(instances):
             committer = self.start_progressive(ctx, instances, area) if progressive else None
             try:

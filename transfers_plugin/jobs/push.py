@@ -147,7 +147,6 @@ class PushJobType:
         wanted = query.progressive_commit if query.progressive_commit is not None \
             else self.config.progressive_commit
         if not wanted:
-            ctx.update_content(ProgressiveCommit=False)
             return False
         caps = self.peer_capabilities(ctx, peer)
         supported = caps is not None and caps.supports(capabilities.PROGRESSIVE_COMMIT)
