@@ -7,12 +7,14 @@ import time
 from typing import Dict
 
 import pytest
+from job_context import FakeJobContext
 from test_receiver import WAIT, FakeStore, Transfer, journal_over, make_receiver, put_all
 
-from transfers_plugin.capabilities import PROGRESSIVE_COMMIT, local_capabilities
-from transfers_plugin.config import ConfigError, TransfersConfig, parse_configuration
+from transfers_plugin.capabilities import PROGRESSIVE_COMMIT, Capabilities, local_capabilities
+from transfers_plugin.config import ConfigError, PeerConfig, TransfersConfig, parse_configuration
 from transfers_plugin.download_area import DownloadArea
 from transfers_plugin.errors import BadFileFormat, OrthancUnavailable, TransfersError
+from transfers_plugin.jobs.push import PushJobType
 from transfers_plugin.progressive import ProgressiveCommitter
 from transfers_plugin.protocol import PushDescriptor, TransferQuery
 
@@ -203,3 +205,46 @@ def test_orthanc_stopping_leaves_the_journal_entry_for_the_next_start(tmp_path):
     store.fail_at = None
     after = make_receiver(tmp_path / "root", store, journal=journal_over(properties, owner="run-2"))
     assert after.recover() == 2 and store.stored == {}
+
+
+# --- who is asked: a C++ receiver never sees the field ---------------------------------------------------
+
+class RecordingContext(FakeJobContext):
+    def __init__(self, state=None):
+        super().__init__(state)
+        self.content = {}
+
+    def update_content(self, **values):
+        self.content.update(values)
+
+
+class NoCallTransport:
+    def call(self, *args, **kwargs):
+        raise AssertionError(f"no request may be made: {args}")
+
+
+PEER = PeerConfig("p", "http://p/")
+OURS = Capabilities("orthanc-transfers-py", "0.1.0", frozenset({PROGRESSIVE_COMMIT}), ("none",))
+OLDER = Capabilities("orthanc-transfers-py", "0.0.9", frozenset({"skip-existing"}), ("none",))
+
+
+@pytest.mark.parametrize("caps, expected", [(None, False), (OLDER, False), (OURS, True)],
+                         ids=["cxx", "ours-without-the-feature", "ours"])
+def test_a_push_asks_for_it_only_of_a_receiver_with_the_feature(caps, expected):
+    job = PushJobType(parse_configuration({}), lambda: {"p": PEER}, NoCallTransport(), None)
+    ctx = RecordingContext({"PeerCapabilities": None if caps is None else caps.to_json()})
+    query = TransferQuery.from_json(dict(QUERY, Peer="p", ProgressiveCommit=True))
+    assert job.progressive_commit(ctx, query, PEER) is expected
+    assert ctx.content["ProgressiveCommit"] is expected
+
+
+@pytest.mark.parametrize("configured, field, expected", [(False, None, False), (True, None, True),
+                                                         (True, False, False), (False, True, True)])
+def test_a_push_follows_the_field_else_the_configuration(configured, field, expected):
+    config = parse_configuration({"Transfers": {"ProgressiveCommit": configured}})
+    job = PushJobType(config, lambda: {"p": PEER}, NoCallTransport(), None)
+    ctx = RecordingContext({"PeerCapabilities": OURS.to_json()})
+    body = dict(QUERY, Peer="p") if field is None else dict(QUERY, Peer="p", ProgressiveCommit=field)
+    assert job.progressive_commit(ctx, TransferQuery.from_json(body), PEER) is expected
+    if not expected:
+        assert "ProgressiveCommit" not in ctx.content  # a job without it: its Content as before
