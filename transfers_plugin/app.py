@@ -16,6 +16,7 @@ from .capabilities import (
     BANDWIDTH_CAP,
     CAPABILITIES_URI,
     METADATA,
+    PROGRESSIVE_COMMIT,
     SKIP_EXISTING,
     PeerCapabilities,
     choose_compression,
@@ -139,9 +140,16 @@ class Application:
             return query
         return dataclasses.replace(query, sender_transfer_id=str(uuid.uuid4()))
 
+    def _with_progressive(self, query: TransferQuery) -> TransferQuery:
+        """``ProgressiveCommit`` decided when the job is submitted (the request's, else the configuration's), so
+        that the job keeps it whatever the configuration says when it resumes."""
+        if query.progressive_commit is not None:
+            return query
+        return dataclasses.replace(query, progressive_commit=self.config.progressive_commit)
+
     def submit_pull(self, query: TransferQuery):
         self._peer(query.peer)
-        query = self._with_transfer_id(query)
+        query = self._with_progressive(self._with_transfer_id(query))
         return self.engine.submit(self.pull_job.name, query.to_json(), query.priority)
 
     def pull(self, query: TransferQuery, synchronous: Optional[bool] = None) -> Dict[str, Any]:
@@ -170,6 +178,7 @@ class Application:
         peer = self._peer(query.peer)
         query = self._with_transfer_id(query)
         if peer.remote_self is None:
+            query = self._with_progressive(query)
             job = self.engine.submit(self.push_job.name, query.to_json(), query.priority)
             if synchronous:
                 return self.outcome(job)
@@ -213,6 +222,10 @@ class Application:
             wanted[BANDWIDTH_CAP] = ("MaxBandwidthKBs", query.max_bandwidth_kbs)
         if query.metadata:
             wanted[METADATA] = ("Metadata", True)
+        progressive = query.progressive_commit if query.progressive_commit is not None \
+            else self.config.progressive_commit
+        if progressive or query.progressive_commit is not None:  # else the peer's own default
+            wanted[PROGRESSIVE_COMMIT] = ("ProgressiveCommit", progressive)
         if not wanted:
             return {}
         caps = PeerCapabilities(self.transport, self.api.log_warning,

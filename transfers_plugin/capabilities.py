@@ -17,7 +17,9 @@ a peer that answers anything else is treated as a C++ peer (it gets everything, 
   what it already holds; it also takes ``"SkipExisting"`` in ``/transfers/pull`` (a send in pull mode);
 - ``bandwidth-cap``: the peer takes ``"MaxBandwidthKBs"`` in ``/transfers/pull``;
 - ``metadata``: the peer answers ``POST /transfers/metadata`` (a source), takes
-  ``POST /transfers/push/{id}/metadata`` (a receiver) and ``"Metadata"`` in ``/transfers/pull`` (:mod:`metadata`).
+  ``POST /transfers/push/{id}/metadata`` (a receiver) and ``"Metadata"`` in ``/transfers/pull`` (:mod:`metadata`);
+- ``progressive-commit``: the peer takes ``"ProgressiveCommit"`` in ``/transfers/pull`` and in a push
+  descriptor (:mod:`progressive`).
 
 "Compression" lists the wire codecs the peer encodes and decodes: ``zstd-shuffle`` only where ``zstandard``
 imports. :func:`choose_compression` turns what a client asked for into what goes on the wire: ``none`` and
@@ -38,7 +40,8 @@ IMPLEMENTATION = "orthanc-transfers-py"
 SKIP_EXISTING = "skip-existing"
 BANDWIDTH_CAP = "bandwidth-cap"
 METADATA = "metadata"
-FEATURES: Tuple[str, ...] = (SKIP_EXISTING, BANDWIDTH_CAP, METADATA)
+PROGRESSIVE_COMMIT = "progressive-commit"
+FEATURES: Tuple[str, ...] = (SKIP_EXISTING, BANDWIDTH_CAP, METADATA, PROGRESSIVE_COMMIT)
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_ITEMS = 64
 MAX_TEXT = 64

@@ -46,6 +46,7 @@ PLUGIN_INT_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
 INT_OPTIONS = {**TRANSFERS_OPTIONS, **PLUGIN_INT_OPTIONS}
 
 STRING_OPTIONS = {"DownloadArea": "folder of partial downloads (default: StorageDirectory/transfers-tmp)"}
+BOOL_OPTIONS = {"ProgressiveCommit": (False, "import verified instances while the rest still moves (progressive.py)")}
 
 PEER_KNOWN_KEYS = {
     "Url", "URL", "Username", "Password", "HttpHeaders", "Timeout", "CertificateFile",
@@ -93,6 +94,7 @@ class TransfersConfig:
     max_json_body_size_mb: int = 64
     max_transfer_instances: int = 100_000
     max_bandwidth_kbs: int = 0  # 0: no cap
+    progressive_commit: bool = False  # the default of a transfer's "ProgressiveCommit" (progressive.py)
     # Global Orthanc options the plugin follows.
     http_timeout: int = 60  # seconds, 0 means no timeout
     https_verify_peers: bool = True
@@ -171,8 +173,13 @@ def parse_configuration(cfg: Mapping[str, Any]) -> TransfersConfig:
         section = {}
     for key, (default, lo, hi, _meaning) in INT_OPTIONS.items():
         values[_ATTRS[key]] = _int_option(section, key, default, lo, hi, f"{SECTION}.", problems)
+    progressive = section.get("ProgressiveCommit", False)
+    if not isinstance(progressive, bool):
+        problems.append(f"{SECTION}.ProgressiveCommit must be true or false, not {progressive!r}")
+        progressive = False
+    values["progressive_commit"] = progressive
     for key in section:
-        if key not in INT_OPTIONS and key not in STRING_OPTIONS:
+        if key not in INT_OPTIONS and key not in STRING_OPTIONS and key not in BOOL_OPTIONS:
             warnings.append(f"Unknown option {SECTION}.{key} is ignored")
 
     values["http_timeout"] = _int_option(cfg, "HttpTimeout", 60, 0, 24 * 3600, "", problems)

@@ -387,6 +387,8 @@ class TransferQuery:
     skip_existing: bool = True  # "SkipExisting" (not in the C++ plugin): leave out what the target holds
     max_bandwidth_kbs: Optional[int] = None  # "MaxBandwidthKBs" (not in the C++ plugin); None: the configuration's
     metadata: bool = False  # "Metadata" (not in the C++ plugin): carry user metadata and labels (metadata.py)
+    # "ProgressiveCommit" (not in the C++ plugin, progressive.py); None: the configuration's
+    progressive_commit: Optional[bool] = None
 
     @classmethod
     def from_json(cls, value: Any, limits: Limits = DEFAULT_LIMITS) -> "TransferQuery":
@@ -422,7 +424,12 @@ class TransferQuery:
             metadata = value["Metadata"]
             if not isinstance(metadata, bool):
                 raise BadFileFormat(f"{where}: Metadata must be true or false, not {shown(metadata)}")
-        return cls(resources, peer, compression, priority, originator, stid, skip, bandwidth, metadata)
+        progressive = None
+        if "ProgressiveCommit" in value:
+            progressive = value["ProgressiveCommit"]
+            if not isinstance(progressive, bool):
+                raise BadFileFormat(f"{where}: ProgressiveCommit must be true or false, not {shown(progressive)}")
+        return cls(resources, peer, compression, priority, originator, stid, skip, bandwidth, metadata, progressive)
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {
@@ -441,6 +448,8 @@ class TransferQuery:
             out["MaxBandwidthKBs"] = self.max_bandwidth_kbs
         if self.metadata:
             out["Metadata"] = True
+        if self.progressive_commit is not None:
+            out["ProgressiveCommit"] = self.progressive_commit
         return out
 
 
@@ -471,6 +480,8 @@ class PushDescriptor:
     instances: Tuple[InstanceInfo, ...]
     buckets: Tuple[Bucket, ...]
     compression: str
+    # "ProgressiveCommit" (not in the C++ plugin): sent only to a receiver with that feature (progressive.py)
+    progressive_commit: bool = False
 
     @classmethod
     def from_json(cls, value: Any, limits: Limits = DEFAULT_LIMITS) -> "PushDescriptor":
@@ -492,14 +503,20 @@ class PushDescriptor:
                                 f"one more per bucket")
         instances = tuple(InstanceInfo.from_json(x, f"Instances[{i}]") for i, x in enumerate(raw_instances))
         buckets = tuple(Bucket.from_json(b, f"Buckets[{i}]") for i, b in enumerate(raw_buckets))
-        return cls(instances, buckets, compression)
+        progressive = value.get("ProgressiveCommit", False)
+        if not isinstance(progressive, bool):
+            raise BadFileFormat(f"{where}: ProgressiveCommit must be true or false, not {shown(progressive)}")
+        return cls(instances, buckets, compression, progressive)
 
     def to_json(self) -> Dict[str, Any]:
-        return {
+        out = {
             "Buckets": [b.to_json() for b in self.buckets],
             "Compression": self.compression,
             "Instances": [i.to_json() for i in self.instances],
         }
+        if self.progressive_commit:
+            out["ProgressiveCommit"] = True
+        return out
 
 
 def dumps_compact(value: Any) -> bytes:

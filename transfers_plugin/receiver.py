@@ -9,7 +9,10 @@ Compared with the C++ receiver (protocol.md 7), on the same wire:
 - a commit repeated after a lost answer gets 200 again (recently committed IDs are remembered), and a
   commit that arrives while the same one runs waits for it;
 - a failed commit leaves nothing imported, and neither does one interrupted by a crash: it is recorded in
-  a journal while it runs and rolled back at the next start.
+  a journal while it runs and rolled back at the next start;
+- with ``"ProgressiveCommit": true`` in the descriptor (our senders only, :mod:`progressive`), each instance
+  is imported as soon as its buckets are in and it is verified; the transaction is in the journal from its
+  creation, and a discard, an expiry, an eviction or a failed commit deletes what it imported.
 """
 
 import threading
@@ -37,6 +40,7 @@ from .errors import (
 from .importer import import_instances, rollback
 from .journal import CommitJournal, created_since, last_change
 from .metadata import parse_document
+from .progressive import ProgressiveCommitter
 from .protocol import MB, PushDescriptor
 
 IDLE_EVICTION = 30.0  # seconds without a bucket after which a transaction may give its place
@@ -92,6 +96,19 @@ class Transaction:
         self.failure: Optional[TransfersError] = None  # why it was discarded, when a disk error did it
         self.metadata: Optional[Dict[str, Any]] = None  # POST <Path>/metadata (our senders): applied at the commit
         self.lock = threading.Condition()
+        # ProgressiveCommit: the instances of each bucket, the buckets of each instance, what was imported.
+        self.committer: Optional[ProgressiveCommitter] = None
+        self.imported: List[str] = []
+        self.created_ids: List[str] = []
+        self.carried: Dict[int, List[str]] = {}
+        self.buckets_of: Dict[str, Set[int]] = {}
+        self.offered: Set[str] = set()  # instances verified and given to the committer
+        if descriptor.progressive_commit:
+            for index, bucket in enumerate(descriptor.buckets):
+                ids = list(dict.fromkeys(c.instance_id for c in bucket.chunks))
+                self.carried[index] = ids
+                for iid in ids:
+                    self.buckets_of.setdefault(iid, set()).add(index)
 
 
 class PushReceiver:
@@ -209,13 +226,47 @@ class PushReceiver:
         except DiskError:
             self._discard(t)
             raise
+        if descriptor.progressive_commit:
+            try:
+                self._start_progressive(t)
+            except BaseException:
+                self._discard(t)
+                raise
         return tid
 
-    def _discard(self, t: Transaction) -> None:
+    def _start_progressive(self, t: Transaction) -> None:
+        """In the journal before any import (a crash then rolls back whatever it imported), then the workers."""
+        if self.journal is not None:
+            self.journal.begin(t.id, last_change(self.store.core_get_json), [i.id for i in t.descriptor.instances])
+        t.committer = ProgressiveCommitter(t.area, self.store, self.commit_threads, t.imported, t.created_ids,
+                                           name=f"progressive-{t.id[:8]}")
+
+    def _offer_complete(self, t: Transaction, index: int) -> None:
+        """ProgressiveCommit: the instances that bucket ``index`` completed, verified and given to the
+        committer; one that does not verify is left to the commit, which says so."""
+        with t.lock:
+            complete = [iid for iid in t.carried.get(index, ())
+                        if iid not in t.offered and t.buckets_of[iid] <= t.received]
+            t.offered.update(complete)
+        sizes = {i.id: i for i in t.descriptor.instances} if complete else {}
+        for iid in complete:
+            try:
+                t.area.verify(iid)
+            except (CommitmentError, DiskError):
+                with t.lock:
+                    t.offered.discard(iid)
+                continue
+            committer = t.committer
+            if committer is not None:
+                committer.submit(sizes[iid])
+
+    def _discard(self, t: Transaction, roll_back: bool = True) -> None:
         with t.lock:
             t.closed = True
             while t.writers:
                 t.lock.wait()
+        if t.committer is not None:
+            self._roll_back_progressive(t, roll_back)
         with self._lock:
             if self._transactions.get(t.id) is t:
                 del self._transactions[t.id]
@@ -224,6 +275,24 @@ class PushReceiver:
                 while len(self._failed) > REMEMBERED_COMMITS:
                     self._failed.popitem(last=False)
         self._remove_files(t)
+
+    def _roll_back_progressive(self, t: Transaction, roll_back: bool) -> None:
+        """A progressive transaction that ends without its commit: what it imported goes, and its journal entry
+        with it. Without ``roll_back`` (Orthanc stopping), the entry stays for the next start."""
+        committer, t.committer = t.committer, None
+        if committer is None:
+            return
+        committer.stop()
+        if not roll_back:
+            return
+        try:
+            deleted = rollback(self.store, t.created_ids)
+        except OrthancUnavailable:
+            return  # the journal entry stays: the next start rolls it back
+        if deleted:
+            self.log_warning(f"Transfers: push transaction {t.id} ended without its commit: the {deleted} "
+                             f"instance(s) it had imported progressively were deleted again")
+        self._end_journal(t.id)
 
     def _remove_files(self, t: Transaction) -> None:
         try:
@@ -267,6 +336,8 @@ class PushReceiver:
                     t.received.add(index)
                     t.last_used = self.clock()
                 t.lock.notify_all()
+        if written and t.committer is not None:
+            self._offer_complete(t, index)
         if failed is not None:
             # The transaction cannot be completed: its files go at once (a full disk is freed for the
             # others), and its sender is told why, now and for what it sends next.
@@ -327,20 +398,34 @@ class PushReceiver:
             missing = [i for i in range(len(t.descriptor.buckets)) if i not in t.received]
             if missing:
                 raise BadRequest(f"Push transaction {tid}: {len(missing)} bucket(s) never arrived, e.g. {missing[0]}")
+            with t.lock:
+                offered = set(t.offered)
             for info in t.descriptor.instances:
+                if info.id in offered:
+                    continue  # verified when its last bucket came (ProgressiveCommit)
                 try:
                     t.area.verify(info.id)
                 except CommitmentError as e:  # what the sender sent is not what it announced: its error
+                    if t.committer is not None:
+                        self._roll_back_progressive(t, True)
                     raise CorruptedFile(e.message, status=400) from None
-            if self.journal is not None:
+            progressive = t.committer is not None
+            if self.journal is not None and not progressive:  # a progressive one is in it since its creation
                 self.journal.begin(tid, last_change(self.store.core_get_json),
                                    [i.id for i in t.descriptor.instances])
             try:
-                created = import_instances(t.area, t.descriptor.instances, self.store, self.commit_threads)
+                if progressive:
+                    t.committer.finish()  # what is in flight; its failure is the commit's (rolled back below)
+                    t.committer = None
+                created = t.created_ids
+                import_instances(t.area, t.descriptor.instances, self.store, self.commit_threads,
+                                 already_imported=t.imported, created=created)
             except OrthancUnavailable:
                 raise  # Orthanc is stopping: the journal entry stays, the next start rolls the commit back
             except BaseException:
-                self._end_journal(tid)  # rolled back by import_instances
+                t.committer = None
+                rollback(self.store, t.created_ids)  # import_instances rolled back, but not the committer's failure
+                self._end_journal(tid)
                 raise
             try:
                 self._apply_metadata(t)  # part of the commit: if it fails, what was imported goes again
@@ -408,7 +493,7 @@ class PushReceiver:
         with self._lock:
             transactions = list(self._transactions.values())
         for t in transactions:
-            self._discard(t)
+            self._discard(t, roll_back=False)  # Orthanc stopping: the journal rolls progressive ones back at restart
 
     def metrics(self) -> Dict[str, float]:
         """The C++ plugin 1.7's push metrics (see the README)."""

@@ -9,6 +9,9 @@ on from where it stopped:
    (size and MD5) as soon as its last bucket is in, and its buckets are fetched again if it is wrong;
 3. commit: once every instance is verified, each is read back and stored in Orthanc by
    ``CommitThreadsCount`` workers. If one cannot be stored, the instances this job created are deleted again.
+
+With ``"ProgressiveCommit": true`` (:mod:`progressive`), phase 3 overlaps phase 2: each verified instance is
+imported at once, and a failure or a cancel deletes what the job created.
 """
 
 import dataclasses
@@ -39,6 +42,7 @@ from ..importer import import_instances, rollback
 from ..journal import created_since, last_change
 from ..metrics import PULL_RECEIVED_BYTES, RETRIES, SKIPPED_INSTANCES, Metrics
 from ..planner import balance_last_round, chunks_uri, pull_buckets
+from ..progressive import ProgressiveCommitter
 from ..protocol import (
     DEFAULT_LIMITS,
     Bucket,
@@ -178,18 +182,40 @@ class PullJobType:
         else:
             forget_damaged(ctx, area, buckets, self.log_warning)
         t0 = time.monotonic()
+        progressive = query.progressive_commit if query.progressive_commit is not None \
+            else self.config.progressive_commit
+        if progressive:  # only then: the Content of a job without it stays as it was
+            ctx.update_content(ProgressiveCommit=True)
         if len(state["Verified"]) < len(instances):
+            committer = self.start_progressive(ctx, instances, area) if progressive else None
             try:
-                self.download(ctx, query, peer, instances, buckets, area)
+                self.download(ctx, query, peer, instances, buckets, area,
+                              committer.submit if committer is not None else None)
+                if committer is not None:
+                    committer.finish()
             except (JobStopped, OrthancUnavailable):
+                if committer is not None:
+                    committer.stop()
                 raise
             except Exception:
+                if committer is not None:
+                    committer.stop()
                 if ctx.stop_reason is None:  # a failure, not a pause or a shutdown met by the download
                     self.leave_only_verified(ctx, area, buckets)
+                    if committer is not None and not isinstance(committer.failure, OrthancUnavailable):
+                        self.rollback_progressive(ctx)
                 raise
-        document = self.fetch_metadata(ctx, query, peer, instances) if query.metadata else None
         t1 = time.monotonic()
-        self.commit(ctx, instances, area, document)
+        try:
+            document = self.fetch_metadata(ctx, query, peer, instances) if query.metadata else None
+            t1 = time.monotonic()
+            self.commit(ctx, instances, area, document)
+        except (JobStopped, OrthancUnavailable):
+            raise
+        except Exception:
+            if progressive and ctx.stop_reason is None:  # e.g. the metadata: what was imported goes too
+                self.rollback_progressive(ctx)
+            raise
         self.log_info(f"Transfers: job {ctx.id}: {len(buckets)} buckets downloaded and verified in {t1 - t0:.2f} s, "
                       f"{len(instances)} instances committed in {time.monotonic() - t1:.2f} s")
 
@@ -241,7 +267,9 @@ class PullJobType:
     # -- download ------------------------------------------------------------------------------------
 
     def download(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig, instances: List[InstanceInfo],
-                 buckets: list, area: DownloadArea) -> None:
+                 buckets: list, area: DownloadArea,
+                 on_verified: Optional[Callable[[InstanceInfo], None]] = None) -> None:
+        """``on_verified`` (a progressive commit) is given each instance once it is verified."""
         state = ctx.resume_state
         lock = threading.Lock()
         done: Set[int] = set(state["DoneBuckets"])
@@ -267,6 +295,7 @@ class PullJobType:
         # Progress in the instances' own bytes: those of the verified instances, those of the buckets (and
         # slices of buckets) in, and those moved in this run (the rate of the time left).
         size_of = {i.id: i.size for i in instances}
+        info_of = {i.id: i for i in instances} if on_verified is not None else {}
         total = sum(size_of.values())
         verified_bytes = [sum(size_of[i] for i in verified)]
         raw_done = [sum(buckets[index].total_size for index in done)]
@@ -316,6 +345,8 @@ class PullJobType:
                     if iid not in verified:
                         verified_bytes[0] += size_of[iid]
                     verified.add(iid)
+                if on_verified is not None:
+                    on_verified(info_of[iid])
 
         def fetch(item: Tuple[int, Bucket], place: Place) -> None:
             index, bucket = item  # a whole bucket, or a slice of one (see planner.balance_last_round)
@@ -423,6 +454,41 @@ class PullJobType:
             raise NetworkProtocol(f"{len(missing)} instance(s) could not be downloaded, e.g. {missing[0]}")
 
     # -- commit --------------------------------------------------------------------------------------
+
+    def start_progressive(self, ctx: JobContext, instances: List[InstanceInfo],
+                          area: DownloadArea) -> ProgressiveCommitter:
+        """``ProgressiveCommit``: the commit's progress (``CommitSince`` saved before any import, so that a
+        crash loses nothing of what to roll back) and the workers importing each instance once verified;
+        those verified by an earlier run go first."""
+        state = ctx.resume_state
+        imported: List[str] = list(state.get("Imported", []))
+        created: List[str] = list(state.get("Created", []))
+        if "CommitSince" not in state:
+            ctx.update_resume_state(CommitSince=last_change(self.store.core_get_json))
+        else:  # resumed after a crash: what its last second imported is in Orthanc's change log
+            for instance_id in created_since(self.store.core_get_json, int(state["CommitSince"]),
+                                             [i.id for i in instances]):
+                if instance_id not in created:
+                    created.append(instance_id)
+        ctx.update_resume_state(Imported=imported, Created=created)
+        ctx.save_now()
+        committer = ProgressiveCommitter(area, self.store, self.config.commit_threads_count, imported, created,
+                                         lambda instance_id, new: ctx.touch(), f"progressive-{ctx.id[:8]}")
+        verified = set(state.get("Verified", []))
+        for info in instances:
+            if info.id in verified:
+                committer.submit(info)
+        return committer
+
+    def rollback_progressive(self, ctx: JobContext) -> None:
+        """A progressive commit whose transfer failed: what it created goes (a resubmit starts again)."""
+        created = list(ctx.resume_state.get("Created", []))
+        deleted = rollback(self.store, created)
+        if deleted:
+            self.log_warning(f"Transfers: job {ctx.id}: the transfer failed; the {deleted} instance(s) its "
+                             f"progressive commit had imported were deleted again")
+        ctx.drop_resume_state(*COMMIT_PROGRESS)
+        ctx.save_now()
 
     def commit(self, ctx: JobContext, instances: List[InstanceInfo], area: DownloadArea,
                document: Optional[Dict[str, Any]] = None) -> None:

@@ -118,7 +118,8 @@ class PushJobType:
         planned = push_buckets([(i.id, i.size) for i in instances], state["BucketSizeKB"])
         buckets = [b for _, b in balance_last_round(planned, (), state.get("PlanThreads", 1))]
         ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(sum(i.size for i in instances)))
-        descriptor = PushDescriptor(tuple(instances), tuple(buckets), query.compression)
+        descriptor = PushDescriptor(tuple(instances), tuple(buckets), query.compression,
+                                    self.progressive_commit(ctx, query, peer))
         for attempt in (1, 2):
             try:
                 self.send(ctx, query, peer, descriptor)
@@ -153,6 +154,21 @@ class PushJobType:
                                   ctx.stop_event)
         ctx.check()
         return found
+
+    def progressive_commit(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig) -> bool:
+        """``ProgressiveCommit`` (:mod:`progressive`) asked of the receiver only when it lists the feature (the
+        descriptor of a C++ receiver never carries it: it commits at the end, as always)."""
+        wanted = query.progressive_commit if query.progressive_commit is not None \
+            else self.config.progressive_commit
+        if not wanted:
+            return False
+        caps = self.peer_capabilities(ctx, peer)
+        supported = caps is not None and caps.supports(capabilities.PROGRESSIVE_COMMIT)
+        if not supported:
+            self.log_warning(f"Transfers: job {ctx.id}: peer {peer.name!r} cannot commit progressively (a C++ "
+                             f"peer, or an older one): it imports everything at the end")
+        ctx.update_content(ProgressiveCommit=supported)
+        return supported
 
     def peer_capabilities(self, ctx: JobContext, peer: PeerConfig) -> Optional[capabilities.Capabilities]:
         """The receiver's capabilities, asked once per job and kept in its resume state."""
