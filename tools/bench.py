@@ -3,7 +3,8 @@
     scripts/bench.sh [--ct 200] [--mr 0] [--runs 3] [--profiles loopback,wan] [--cxx-plugin [LABEL=]PATH ...]
     scripts/bench.sh --cap-kbs 2000 --ct 150 --modes push-none,pull-none   # the bandwidth cap's figure
 
-Starts real Orthanc peers A (source) and B (target), generates a synthetic study, and times, on each
+Starts real Orthanc peers A (source) and B (target), generates synthetic studies (``--ct`` CT slices and
+``--mr`` MR slices, two workloads measured one after the other), and times, for each workload on each
 network profile (loopback, and a WAN emulated by tools/wan.py between A and B):
 
 - peers:   Orthanc's built-in peers, ``POST /peers/b/store`` (synchronous);
@@ -244,15 +245,17 @@ def machine() -> Dict[str, Any]:
             "kernel": platform.release()}
 
 
-def report(results: List[Dict[str, Any]], total_bytes: int, args: argparse.Namespace) -> str:
+def report(results: List[Dict[str, Any]], totals: Dict[str, int], args: argparse.Namespace) -> str:
+    """The table: one row per workload, profile and mode (``totals``: each workload's bytes)."""
     capacity = args.capacity_mbit * 1e6 / 8
-    lines = ["| profile | mode | median s | MB/s | vs built-in peers | vs link limit | CPU s A | CPU s B | "
-             "peak MB A | peak MB B |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    baseline = {r["profile"]: r["median_seconds"] for r in results if r["mode"] == "peers"}
+    lines = ["| workload | profile | mode | median s | MB/s | vs built-in peers | vs link limit | CPU s A | CPU s B | "
+             "peak MB A | peak MB B |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    baseline = {(r["workload"], r["profile"]): r["median_seconds"] for r in results if r["mode"] == "peers"}
     for r in results:
+        key = (r["workload"], r["profile"])
         secs = r["median_seconds"]
-        mbs = total_bytes / 1e6 / secs
-        vs_peers = f"{secs / baseline[r['profile']]:.2f}x" if r["profile"] in baseline else "-"
+        mbs = totals[r["workload"]] / 1e6 / secs
+        vs_peers = f"{secs / baseline[key]:.2f}x" if key in baseline else "-"
         if r["profile"] == "wan" and r["median_wire_bytes"]:
             limit = r["median_wire_bytes"] / capacity
             r["link_limit_seconds"] = limit
@@ -260,9 +263,46 @@ def report(results: List[Dict[str, Any]], total_bytes: int, args: argparse.Names
         else:
             vs_link = "-"
         r["mb_per_s"] = mbs
-        lines.append(f"| {r['profile']} | {r['mode']} | {secs:.2f} | {mbs:.1f} | {vs_peers} | {vs_link} | "
-                     f"{r['median_cpu_a']:.1f} | {r['median_cpu_b']:.1f} | {r['peak_mb_a']:.0f} | "
+        lines.append(f"| {r['workload']} | {r['profile']} | {r['mode']} | {secs:.2f} | {mbs:.1f} | {vs_peers} | "
+                     f"{vs_link} | {r['median_cpu_a']:.1f} | {r['median_cpu_b']:.1f} | {r['peak_mb_a']:.0f} | "
                      f"{r['peak_mb_b']:.0f} |")
+    return "\n".join(lines)
+
+
+def is_ours(name: str) -> bool:
+    return name in OURS or name.startswith("tuned-") and name[len("tuned-"):] in OURS
+
+
+def summary(results: List[Dict[str, Any]]) -> str:
+    """Per workload and profile: our best mode against each C++ build's best, built-in peers and the link
+    limit of the bytes our best sent; and on each mode the C++ builds also have, ours against theirs."""
+    lines = []
+    for key in dict.fromkeys((r["workload"], r["profile"]) for r in results):
+        rows = [r for r in results if (r["workload"], r["profile"]) == key]
+        ours = [r for r in rows if is_ours(r["mode"])]
+        if not ours:
+            continue
+        best = min(ours, key=lambda r: r["median_seconds"])
+        parts = [f"{key[0]} {key[1]}: our best {best['mode']} {best['median_seconds']:.2f} s"]
+        peers = next((r for r in rows if r["mode"] == "peers"), None)
+        if peers:
+            parts.append(f"{best['median_seconds'] / peers['median_seconds']:.2f}x built-in peers")
+        if best.get("link_limit_seconds"):
+            parts.append(f"{best['median_seconds'] / best['link_limit_seconds']:.2f}x its link limit")
+        builds = sorted({r["mode"].rsplit("-", 2)[0] for r in rows if r["mode"].startswith("cxx")})
+        for build in builds:
+            theirs = [r for r in rows if r["mode"].startswith(build + "-")]
+            cxx_best = min(theirs, key=lambda r: r["median_seconds"])
+            parts.append(f"{best['median_seconds'] / cxx_best['median_seconds']:.2f}x {build}'s best "
+                         f"({cxx_best['mode']} {cxx_best['median_seconds']:.2f} s)")
+            same = []
+            for r in theirs:
+                mine = next((o for o in rows if o["mode"] == r["mode"][len(build) + 1:]), None)
+                if mine:
+                    same.append(f"{mine['mode']} {mine['median_seconds'] / r['median_seconds']:.2f}x")
+            if same:
+                parts.append(f"same modes vs {build}: " + ", ".join(same))
+        lines.append("- " + "; ".join(parts))
     return "\n".join(lines)
 
 
@@ -271,10 +311,10 @@ def chart(results: List[Dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    profiles = sorted({r["profile"] for r in results}, key=lambda p: (p != "loopback", p))
-    fig, axes = plt.subplots(1, len(profiles), figsize=(6 * len(profiles), 4.5), squeeze=False)
-    for ax, profile in zip(axes[0], profiles):
-        rows = [r for r in results if r["profile"] == profile]
+    panels = list(dict.fromkeys((r["workload"], r["profile"]) for r in results))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (workload, profile) in zip(axes[0], panels):
+        rows = [r for r in results if (r["workload"], r["profile"]) == (workload, profile)]
         names = [r["mode"] for r in rows]
         secs = [r["median_seconds"] for r in rows]
         colors = ["#999999" if n in ("peers", "dicom") else "#cc7722" if n.startswith("cxx")
@@ -287,7 +327,7 @@ def chart(results: List[Dict[str, Any]], path: Path, title: str) -> None:
         if limits:
             ax.axhline(min(limits), color="#444444", linestyle="--", linewidth=1, label="link limit (best)")
             ax.legend(fontsize=8)
-        ax.set_title(profile)
+        ax.set_title(f"{workload}, {profile}")
         ax.set_ylabel("seconds (median)")
         # Each label ends under its bar (centred rotated labels of different lengths look shifted).
         plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
@@ -409,7 +449,8 @@ def cap_report(rows: List[Dict[str, Any]]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ct", type=int, default=200, help="CT slices of 512x512x16 bits (about 0.5 MB each)")
-    parser.add_argument("--mr", type=int, default=0, help="MR slices of 256x256x16 bits, as a second study")
+    parser.add_argument("--mr", type=int, default=0,
+                        help="MR slices of 256x256x16 bits, a second workload measured on its own")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profiles", default="loopback,wan")
     parser.add_argument("--modes", default=",".join(ALL_MODES))
@@ -474,54 +515,64 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="transfers-bench-"))
-    log(f"Generating the workload: {args.ct} CT slices, {args.mr} MR slices ...")
-    studies: List[bytes] = list(generate_study(args.ct, 512, 512, modality="CT", seed=2026))
+    log(f"Generating the workloads: {args.ct} CT slices, {args.mr} MR slices ...")
+    workloads: List[Tuple[str, List[bytes]]] = []
+    if args.ct:
+        workloads.append(("ct", list(generate_study(args.ct, 512, 512, modality="CT", seed=2026))))
     if args.mr:
-        studies += list(generate_study(args.mr, 256, 256, modality="MR", seed=2027))
-    total = sum(len(d) for d in studies)
-    log(f"  {len(studies)} instances, {total / 1e6:.1f} MB")
+        workloads.append(("mr", list(generate_study(args.mr, 256, 256, modality="MR", seed=2027))))
+    if not workloads:
+        parser.error("nothing to measure: give --ct or --mr a number of slices")
+    totals = {name: sum(len(d) for d in studies) for name, studies in workloads}
+    for name, studies in workloads:
+        log(f"  {name}: {len(studies)} instances, {totals[name] / 1e6:.1f} MB")
 
     versions: Dict[str, str] = {}
     try:
-        for profile in args.profiles.split(","):
-            setups: List[Setup] = []
-            plan: List[Tuple[Setup, str, str]] = []
-            study_ids: List[str] = []
-            try:
-                for prefix, library, transfers in variants:
-                    setup = Setup(workdir / (prefix or "py"), profile, args, library, transfers)
-                    setups.append(setup)
-                    setup.start()
-                    if library:
-                        versions[prefix.rstrip("-")] = plugin_version(setup.a)
-                        log(f"{prefix.rstrip('-')}: {library} reports version {versions[prefix.rstrip('-')]}")
-                    ids = [setup.a.upload(d) for d in studies]
-                    # One resource list for all modes: the studies, each as one Study resource (the same
-                    # IDs on every A: Orthanc derives them from the DICOM UIDs).
-                    study_ids = sorted({setup.a.get_json(f"/instances/{i}/study")["ID"] for i in ids})
-                    allowed = CXX_MODES if library else OURS  # the C++ plugin has no zstd-shuffle
-                    plan += [(setup, mode, prefix + mode) for mode in modes if not (prefix and mode not in allowed)]
-                log(f"{profile} / {', '.join(name for _, _, name in plan)}")
-                results.extend(measure(plan, study_ids, len(studies), args.runs, log))
-            finally:
-                for setup, (prefix, _, _) in zip(setups, variants):
-                    setup.stop()
-                    shutil.rmtree(workdir / (prefix or "py") / profile, ignore_errors=True)
+        for workload, studies in workloads:
+            for profile in args.profiles.split(","):
+                setups: List[Setup] = []
+                plan: List[Tuple[Setup, str, str]] = []
+                study_ids: List[str] = []
+                try:
+                    for prefix, library, transfers in variants:
+                        setup = Setup(workdir / (prefix or "py"), profile, args, library, transfers)
+                        setups.append(setup)
+                        setup.start()
+                        if library:
+                            versions[prefix.rstrip("-")] = plugin_version(setup.a)
+                            log(f"{prefix.rstrip('-')}: {library} reports version {versions[prefix.rstrip('-')]}")
+                        ids = [setup.a.upload(d) for d in studies]
+                        # One resource list for all modes: the study as a Study resource (the same ID on
+                        # every A: Orthanc derives it from the DICOM UIDs).
+                        study_ids = sorted({setup.a.get_json(f"/instances/{i}/study")["ID"] for i in ids})
+                        allowed = CXX_MODES if library else OURS  # the C++ plugin has no zstd-shuffle
+                        plan += [(setup, mode, prefix + mode) for mode in modes
+                                 if not (prefix and mode not in allowed)]
+                    log(f"{workload} {profile} / {', '.join(name for _, _, name in plan)}")
+                    for row in measure(plan, study_ids, len(studies), args.runs, log):
+                        results.append(dict(row, workload=workload))
+                finally:
+                    for setup, (prefix, _, _) in zip(setups, variants):
+                        setup.stop()
+                        shutil.rmtree(workdir / (prefix or "py") / profile, ignore_errors=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    table = report(results, total, args)
-    info = {"machine": machine(), "workload": {"ct": args.ct, "mr": args.mr, "bytes": total},
+    table = report(results, totals, args)
+    ratios = summary(results)
+    info = {"machine": machine(), "workload": {"ct": args.ct, "mr": args.mr, "bytes": totals},
             "wan": {"delay_ms": args.delay_ms, "capacity_mbit": args.capacity_mbit, "window_kb": args.window_kb},
             "runs": args.runs, "transfers": args.transfers, "tuned": args.tuned, "cxx_versions": versions,
-            "results": results, "table": table}
+            "results": results, "table": table, "summary": ratios}
     (args.out / "results.json").write_text(json.dumps(info, indent=2))
-    (args.out / "results.md").write_text(table + "\n")
-    title = (f"{total / 1e6:.0f} MB of synthetic CT/MR, median of {args.runs} runs; WAN: {args.delay_ms:g} ms one-way, "
+    (args.out / "results.md").write_text(table + "\n\n" + ratios + "\n")
+    sizes = ", ".join(f"{name} {size / 1e6:.0f} MB" for name, size in totals.items())
+    title = (f"synthetic {sizes}, median of {args.runs} runs; WAN: {args.delay_ms:g} ms one-way, "
              f"{args.capacity_mbit:g} Mbit/s, {args.window_kb} KB window")
     chart(results, args.out / "results.png", title)
-    log("\n" + table)
+    log("\n" + table + "\n\n" + ratios)
     log(f"\nWritten: {args.out / 'results.json'}, {args.out / 'results.md'}, {args.out / 'results.png'}")
     return 0
 

@@ -22,17 +22,20 @@ def test_bench_command_writes_its_report(tmp_path):
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
-    rows = {(r["profile"], r["mode"]) for r in report["results"]}
-    assert rows == {(p, m) for p in ("loopback", "wan")
+    rows = {(r["workload"], r["profile"], r["mode"]) for r in report["results"]}
+    assert rows == {(w, p, m) for w in ("ct", "mr") for p in ("loopback", "wan")
                     for m in ("peers", "push-gzip", "pull-none", "tuned-push-gzip", "tuned-pull-none")}
     for r in report["results"]:
         assert r["median_seconds"] > 0 and len(r["runs"]) == 1
         assert r["peak_mb_a"] > 0 and r["peak_mb_b"] > 0
         if r["profile"] == "wan":
             assert r["median_wire_bytes"] > 0 and r["link_limit_seconds"] > 0
-    assert report["workload"] == {"ct": 3, "mr": 2, "bytes": report["workload"]["bytes"]}
+    assert report["workload"]["ct"] == 3 and report["workload"]["mr"] == 2
+    assert set(report["workload"]["bytes"]) == {"ct", "mr"} and all(report["workload"]["bytes"].values())
+    # One line of ratios per workload and profile, our best against built-in peers.
+    assert report["summary"].count("our best") == 4 and "x built-in peers" in report["summary"]
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| wan | tuned-pull-none |" in (out / "results.md").read_text()
+    assert "| mr | wan | tuned-pull-none |" in (out / "results.md").read_text()
 
 
 def test_bench_command_refuses_a_missing_cxx_library_or_two_builds_of_one_name(tmp_path):
