@@ -112,6 +112,17 @@ class PostgresServer:
         self.psql(f'CREATE DATABASE "{name}"')
         return name
 
+    def properties(self, database: str, properties: Sequence[int]) -> Dict[str, List[Any]]:
+        """Where Orthanc stored these global properties: ``{"shared": [property...], "per-server":
+        [(server, property)...]}`` (the ``GlobalProperties`` and ``ServerProperties`` tables of the index)."""
+        wanted = ",".join(str(int(p)) for p in properties)
+        shared = self.psql(f"SELECT property FROM GlobalProperties WHERE property IN ({wanted})", database).stdout
+        per_server = self.psql(f"SELECT server, property FROM ServerProperties WHERE property IN ({wanted}) "
+                               f"ORDER BY server, property", database).stdout
+        return {"shared": sorted(int(line) for line in shared.split()),
+                "per-server": [(line.split("|")[0], int(line.split("|")[1])) for line in per_server.splitlines()
+                               if line]}
+
     def drop_database(self, name: str) -> None:
         self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', check=False)
 

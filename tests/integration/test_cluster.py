@@ -22,6 +22,7 @@ from tools.orthanc_launcher import OrthancServer, default_platform
 pytestmark = pytest.mark.integration
 
 ORIGINATOR = "cluster-of-test"  # Transfers.Originator of both nodes
+JOBS_PROPERTY, JOURNAL_PROPERTY = 23451, 23452  # the saved jobs, the receiver's commit journal (ours)
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +181,9 @@ def test_four_pushes_at_once_through_header_routing_md5_identical_on_both_nodes(
     assert_cluster_holds(cluster, files)
     served = cluster.nginx.served("/transfers/push")
     assert sum(served.values()) >= 4 * 3  # create, bucket(s), commit of each push
+    stored = cluster.postgres.properties(cluster.database, [JOBS_PROPERTY, JOURNAL_PROPERTY])
+    committers = {server for server, prop in stored["per-server"] if prop == JOURNAL_PROPERTY}
+    assert stored["shared"] == [] and committers and committers <= {"node-a", "node-b"}, stored  # per node
 
 
 def test_push_through_sticky_cookie_md5_identical_on_both_nodes(make_cluster):
@@ -306,6 +310,8 @@ def test_job_ids_never_collide_and_each_node_lists_and_drives_only_its_own_jobs(
         for job_id in jobs[node.name]:
             succeeded(node, job_id, 180)
     assert_cluster_holds(cluster, files)
+    stored = cluster.postgres.properties(cluster.database, [JOBS_PROPERTY])
+    assert stored == {"shared": [], "per-server": [("node-a", JOBS_PROPERTY), ("node-b", JOBS_PROPERTY)]}
 
 
 def test_node_restarted_mid_transfer_resumes_its_own_jobs_and_the_other_node_survives(make_cluster):
