@@ -27,7 +27,7 @@ JOBS_PROPERTY, JOURNAL_PROPERTY = 23451, 23452  # the saved jobs, the receiver's
 
 @pytest.fixture(scope="module")
 def postgres():
-    workdir = Path(tempfile.mkdtemp(prefix="transfers-pg-"))  # under /tmp: the postgres user reaches it
+    workdir = Path(tempfile.mkdtemp(prefix="transfers-pg-", dir="/tmp"))  # under /tmp: the postgres user reaches it
     server = PostgresServer(workdir)
     try:
         server.start()
@@ -40,9 +40,9 @@ def postgres():
 class Cluster:
     """Nodes ``a`` and ``b`` on one database and storage folder, ``nginx`` in front, the ``single`` peer.
 
-    The nodes know the single peer as ``single`` (push) and ``single-pull`` (RemoteSelf ``cluster``); the
-    single peer knows the cluster, through nginx, as ``cluster`` (push) and ``cluster-pull`` (RemoteSelf
-    ``single``)."""
+    The nodes know the single peer as ``single`` (push), ``single-pull`` (RemoteSelf ``cluster``) and
+    ``single-pull-b`` (RemoteSelf ``b``); the single peer knows the cluster, through nginx, as ``cluster``
+    (push) and ``cluster-pull`` (RemoteSelf ``single``), and node b directly as ``b``."""
 
     def __init__(self, base: Path, postgres: PostgresServer, balancing: str, node_transfers=None,
                  single_transfers=None):
@@ -61,10 +61,12 @@ class Cluster:
             extra["ConcurrentJobs"] = 4
             self.nodes.append(OrthancServer(name, base / name, transfers=dict(node_transfers), extra_config=extra,
                                             peers={"single": self.single.peer_entry(),
-                                                   "single-pull": self.single.peer_entry(RemoteSelf="cluster")}))
+                                                   "single-pull": self.single.peer_entry(RemoteSelf="cluster"),
+                                                   "single-pull-b": self.single.peer_entry(RemoteSelf="b")}))
         self.nginx = NginxBalancer(base / "nginx", [f"127.0.0.1:{n.http_port}" for n in self.nodes], balancing)
         nginx_url = self.nginx.url + "/"
-        self.single.peers = {"cluster": {"Url": nginx_url}, "cluster-pull": {"Url": nginx_url, "RemoteSelf": "single"}}
+        self.single.peers = {"cluster": {"Url": nginx_url}, "cluster-pull": {"Url": nginx_url, "RemoteSelf": "single"},
+                             "b": self.b.peer_entry()}
 
     @property
     def a(self) -> OrthancServer:
@@ -97,7 +99,7 @@ class Cluster:
 @pytest.fixture
 def make_cluster(postgres):
     made = []
-    base = Path(tempfile.mkdtemp(prefix="transfers-cluster-"))
+    base = Path(tempfile.mkdtemp(prefix="transfers-cluster-", dir="/tmp"))
     base.chmod(0o755)  # nginx's workers (an unprivileged user) write their temporary files below it
 
     def make(balancing: str = "hash", **kwargs) -> Cluster:
@@ -243,7 +245,18 @@ def test_send_from_nodes_pull_mode_four_at_once_through_round_robin_md5_identica
         assert job["State"] == "Success", job
         assert job["Content"]["Originator"] == ORIGINATOR
     assert_single_holds(cluster.single, files)
-    assert set(map(cluster.node_of, cluster.nginx.served("/transfers/lookup"))) == {"a", "b"}
+    assert set(map(cluster.node_of, cluster.nginx.served("/transfers/"))) == {"a", "b"}
+
+
+def test_send_from_node_pull_mode_answered_by_the_other_node_passes_the_originator_check(make_cluster):
+    """Node a asks the single peer to pull; the single peer pulls from node b (its lookup answered by b):
+    the cluster's one Originator lets the check of the asking server pass."""
+    cluster = make_cluster("hash")
+    ids, files = studies(cluster.a, 1, 3)
+    answer = send(cluster.a, "single-pull-b", ids[0])
+    job = succeeded(cluster.single, answer["RemoteJob"])
+    assert job["Content"]["Originator"] == ORIGINATOR and job["Content"]["Peer"] == "b"
+    assert_single_holds(cluster.single, files)
 
 
 def test_send_into_cluster_pull_mode_md5_identical(make_cluster):
