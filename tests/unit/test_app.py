@@ -297,3 +297,27 @@ def test_sweep_removes_what_no_job_or_transaction_of_this_run_owns_whatever_its_
     app.sweep_download_root()
     assert sorted(p.name for p in root.iterdir()) == sorted(
         [job.id, f"push-{live}", "notes", "push-not-a-uuid", "readme.txt"])
+
+
+def test_a_cluster_node_sweeps_only_its_own_folder_of_the_shared_area(tmp_path):
+    """Two nodes share StorageDirectory: each sweeps its node-<identifier> folder, never the other's nor
+    what an older layout left in the shared root (that is logged)."""
+    import uuid
+
+    shared = tmp_path / "shared"
+    nodes = {}
+    for name in ("a", "b"):
+        api = FakeApi(dict(GOOD_CONFIG, StorageDirectory=str(shared), DatabaseServerIdentifier=f"node-{name}"))
+        nodes[name] = (api, start(api))
+    root = shared / "transfers-tmp"
+    assert nodes["a"][1].download_root == (root / "node-node-a").absolute()
+    others = {name: str(uuid.uuid4()) for name in ("b", "old")}
+    for folder in (root / "node-node-b" / others["b"], root / others["old"], root / "node-node-a" / "x"):
+        folder.mkdir(parents=True)
+    orphan = root / "node-node-a" / str(uuid.uuid4())
+    orphan.mkdir()
+    api_a, app_a = nodes["a"]
+    app_a.sweep_download_root()
+    assert not orphan.exists()  # its own orphan goes
+    assert (root / "node-node-b" / others["b"]).is_dir() and (root / others["old"]).is_dir()
+    assert any("earlier layout" in w and str(root) in w for w in api_a.warnings)
