@@ -185,6 +185,16 @@ def test_originator_is_a_fresh_uuid_per_start(api):
     assert a.originator != b.originator
 
 
+def test_configured_originator_is_the_same_for_every_node_and_start_but_the_journal_owner_is_not(api):
+    config = dict(api.config, Transfers={"Originator": "site-cluster"})
+    api_a = FakeApi(config)
+    a, b = start(api_a), start(FakeApi(config))
+    assert a.originator == b.originator == "site-cluster"
+    assert a.run_id != b.run_id and a.receiver.journal.owner == a.run_id
+    lookup = api_a.call("POST", "/transfers/lookup", body=json.dumps([{"Level": "Study", "ID": STUDY}]).encode())
+    assert json.loads(lookup.body)["Originator"] == "site-cluster"
+
+
 def test_registered_chunks_route_serves_bytes(api, app):
     r = api.call("GET", f"/transfers/chunks/{ID1}.{ID2}", {"offset": "6", "size": "12"})
     assert r.status == 200 and r.content_type == "application/octet-stream"
