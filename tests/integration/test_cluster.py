@@ -269,6 +269,19 @@ def test_send_into_cluster_pull_mode_md5_identical(make_cluster):
     assert_cluster_holds(cluster, files)
 
 
+def test_synchronous_send_into_cluster_pull_mode_is_followed_on_its_node_through_header_routing(make_cluster):
+    """The RemotePullTransfer job that follows the cluster's job asks GET /jobs/<id> with the transfer's
+    sender-transfer-id: header routing brings it to the node that has the job."""
+    cluster = make_cluster("hash")
+    ids, files = studies(cluster.single, 1, 3)
+    answer = send(cluster.single, "cluster-pull", ids[0], Synchronous=False)
+    followed = succeeded(cluster.single, answer["ID"])
+    assert followed["Type"] == "RemotePullTransfer", followed
+    owner = owner_of(cluster, answer["RemoteJob"])
+    succeeded(owner, answer["RemoteJob"])
+    assert_cluster_holds(cluster, files)
+
+
 # -- jobs --------------------------------------------------------------------------------------------------
 
 
