@@ -290,9 +290,16 @@ class OrthancServer:
 
     @property
     def download_area(self) -> Path:
-        """The plugin's download area: ``Transfers.DownloadArea``, else ``StorageDirectory/transfers-tmp``."""
+        """The plugin's download area: ``Transfers.DownloadArea``, else ``StorageDirectory/transfers-tmp``; a
+        node with a ``DatabaseServerIdentifier`` has its own subfolder there."""
         configured = (self.transfers or {}).get("DownloadArea")
-        return Path(configured) if configured else self.workdir / "storage" / "transfers-tmp"
+        storage = Path(self.extra_config.get("StorageDirectory") or self.workdir / "storage")
+        root = Path(configured) if configured else storage / "transfers-tmp"
+        node = self.extra_config.get("DatabaseServerIdentifier")
+        if node:  # a cluster node: its own folder (config.node_folder_name)
+            from transfers_plugin.config import node_folder_name
+            return root / node_folder_name(node)
+        return root
 
     def answers(self) -> bool:
         """The process runs and answers ``GET /system``."""

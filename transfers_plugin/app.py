@@ -54,7 +54,10 @@ class Application:
     def __init__(self, api: Any, config: TransfersConfig):
         self.api = api
         self.config = config
-        self.originator = str(uuid.uuid4())  # changes at every start, as the C++ plugin's
+        self.run_id = str(uuid.uuid4())  # this start of the plugin (the commit journal's owner)
+        # What lookups answer and pull-mode sends give: by default this start's own (as the C++ plugin's);
+        # Transfers.Originator makes the nodes of a cluster answer as one server.
+        self.originator = config.originator or self.run_id
         self.metrics = Metrics()
         self.metadata = MetadataStore(api, api.log_warning)
         self.source = Source(api, config.cache_size_bytes, config.threads)
@@ -81,7 +84,7 @@ class Application:
                                          config.commit_threads_count, config.push_transaction_timeout,
                                          api.log_warning,
                                          journal=CommitJournal(api.get_global_property, api.set_global_property,
-                                                               owner=self.originator),
+                                                               owner=self.run_id),
                                          metadata_store=self.metadata)
             build_push_routes(self.router, self.receiver, config.limits)
         self.metrics.source(self.cache_metrics)
@@ -263,7 +266,11 @@ class Application:
         """Removes the folders of the download area that nothing will use: partial downloads of jobs no
         longer known (dropped from the history) and the folders of push transactions of earlier runs (killed
         with Orthanc; transactions do not survive a restart), whatever their age. Only folders named as
-        this plugin names them are touched; those of this run's jobs and transactions stay."""
+        this plugin names them are touched; those of this run's jobs and transactions stay. A node of a
+        cluster (``DatabaseServerIdentifier``) sweeps its own folder only: the other nodes' folders, and what
+        an older version left directly in the shared root, are never touched (the latter is logged)."""
+        if self.config.node_id:
+            self._report_old_layout()
         try:
             children = list(self.download_root.iterdir()) if self.download_root.is_dir() else []
         except OSError as e:
@@ -281,6 +288,18 @@ class Application:
                 self.api.log_info(f"Transfers: removed the orphan download area {child}")
             except TransfersError as e:
                 self.api.log_warning(f"Transfers: {e}")
+
+    def _report_old_layout(self) -> None:
+        parent = self.download_root.parent
+        try:
+            old = [c.name for c in parent.iterdir() if c.is_dir() and UUID.fullmatch(
+                c.name[len(FOLDER_PREFIX):] if c.name.startswith(FOLDER_PREFIX) else c.name)]
+        except OSError:
+            return
+        if old:
+            self.api.log_warning(f"Transfers: {len(old)} folder(s) of an earlier layout in {parent} (a node that "
+                                 f"ran without DatabaseServerIdentifier) are left alone: this node keeps its "
+                                 f"files in {self.download_root}; remove them once no such node runs")
 
     def on_stopped(self) -> None:
         """The plugin is finalized: Orthanc's database is already closed to plugins, so the jobs are not

@@ -4,7 +4,9 @@ Option names and defaults are those of the C++ plugin (protocol.md section 10). 
 collected, so the log names all the wrong values at once.
 """
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -45,8 +47,25 @@ PLUGIN_INT_OPTIONS: Dict[str, Tuple[int, int, int, str]] = {
 }
 INT_OPTIONS = {**TRANSFERS_OPTIONS, **PLUGIN_INT_OPTIONS}
 
-STRING_OPTIONS = {"DownloadArea": "folder of partial downloads (default: StorageDirectory/transfers-tmp)"}
+STRING_OPTIONS = {
+    "DownloadArea": "folder of partial downloads (default: StorageDirectory/transfers-tmp; with a "
+                    "DatabaseServerIdentifier, each node uses its own subfolder node-<identifier>)",
+    "Originator": "the identity this node gives in its lookup answers and pull-mode sends (default: a random "
+                  "one at each start; in a cluster, give every node the same value)",
+}
 BOOL_OPTIONS = {"ProgressiveCommit": (False, "import verified instances while the rest still moves (progressive.py)")}
+NODE_FOLDER_PREFIX = "node-"  # a node's own subfolder of the download area (cluster: DatabaseServerIdentifier)
+_SAFE_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def node_folder_name(identifier: str) -> str:
+    """The name of a node's own folder of the download area, from its ``DatabaseServerIdentifier``: the
+    identifier itself when it is a plain name (letters, digits, ``.``, ``_``, ``-``, at most 64), otherwise
+    a digest of it, so that no identifier can name a path outside the download area."""
+    if _SAFE_NODE_NAME.fullmatch(identifier):
+        return NODE_FOLDER_PREFIX + identifier
+    return NODE_FOLDER_PREFIX + "sha1-" + hashlib.sha1(identifier.encode("utf-8", "replace")).hexdigest()
+
 
 PEER_KNOWN_KEYS = {
     "Url", "URL", "Username", "Password", "HttpHeaders", "Timeout", "CertificateFile",
@@ -103,7 +122,9 @@ class TransfersConfig:
     concurrent_jobs: int = 2
     jobs_history_size: int = 10
     save_jobs: bool = True
-    download_area: str = ""  # folder of the partial downloads; default: StorageDirectory/transfers-tmp
+    download_area: str = ""  # this node's folder of partial downloads (see parse_configuration)
+    node_id: Optional[str] = None  # DatabaseServerIdentifier, when the configuration sets one (a cluster node)
+    originator: Optional[str] = None  # Transfers.Originator; None: a random one per start
     peers: Mapping[str, PeerConfig] = field(default_factory=dict)
     warnings: Tuple[str, ...] = ()
 
@@ -195,8 +216,28 @@ def parse_configuration(cfg: Mapping[str, Any]) -> TransfersConfig:
         problems.append(f"{SECTION}.DownloadArea must be a non-empty string (a folder), not {area!r}")
         area = None
     storage = cfg.get("StorageDirectory", "OrthancStorage")
-    values["download_area"] = area or os.path.join(storage if isinstance(storage, str) else "OrthancStorage",
-                                                   "transfers-tmp")
+    area = area or os.path.join(storage if isinstance(storage, str) else "OrthancStorage", "transfers-tmp")
+    node_id = cfg.get("DatabaseServerIdentifier")
+    if node_id is not None and (not isinstance(node_id, str) or not node_id.strip()
+                                or not node_id.isprintable() or len(node_id) > 256):
+        problems.append(f"DatabaseServerIdentifier must be 1 to 256 printable characters, not {node_id!r}")
+        node_id = None
+    # Nodes of a cluster share StorageDirectory: each keeps its partial downloads in a folder of its own,
+    # that only its own start sweep cleans (app.sweep_download_root).
+    values["node_id"] = node_id
+    values["download_area"] = os.path.join(area, node_folder_name(node_id)) if node_id else area
+    originator = section.get("Originator")
+    if originator is not None and (not isinstance(originator, str) or not 1 <= len(originator) <= 256
+                                   or not originator.isascii() or not originator.isprintable()
+                                   or originator.strip() != originator):
+        problems.append(f"{SECTION}.Originator must be 1 to 256 printable ASCII characters without surrounding "
+                        f"spaces, not {originator!r}")
+        originator = None
+    values["originator"] = originator
+    if node_id and originator is None and isinstance(cfg.get("PostgreSQL"), dict):
+        warnings.append(f"DatabaseServerIdentifier is set and {SECTION}.Originator is not: if this node is one of "
+                        f"a cluster behind a load balancer, pull-mode sends fail when another node answers the "
+                        f"peer's lookup; give every node the same {SECTION}.Originator")
     if values["concurrent_jobs"] == 0:  # Orthanc's own meaning of 0: as many as there are cores
         values["concurrent_jobs"] = 2
     verify = cfg.get("HttpsVerifyPeers", True)

@@ -111,6 +111,13 @@ class Transaction:
                     self.buckets_of.setdefault(iid, set()).add(index)
 
 
+def unknown_transaction(tid: str) -> str:
+    """Why a request names a transaction this node does not have, and what to do behind a load balancer."""
+    return (f"Unknown push transaction {tid} on this Orthanc: a push transaction lives in the memory and "
+            f"download area of the node that created it; behind a load balancer, its buckets and its commit "
+            f"must reach that node (route on the sender-transfer-id header, or use sticky cookies)")
+
+
 class PushReceiver:
     def __init__(self, max_transactions: int, download_root: Path, store: Any, commit_threads: int = 1,
                  idle_timeout: float = 3600.0, log_warning: Callable[[str], None] = lambda m: None,
@@ -153,7 +160,7 @@ class PushReceiver:
             if t is None:
                 if tid in self._failed:
                     raise self._failed[tid]
-                raise NotFound(f"Unknown push transaction {tid}")
+                raise NotFound(unknown_transaction(tid))
             t.last_used = self.clock()
             self._transactions.move_to_end(tid)
             return t

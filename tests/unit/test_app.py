@@ -185,6 +185,16 @@ def test_originator_is_a_fresh_uuid_per_start(api):
     assert a.originator != b.originator
 
 
+def test_configured_originator_is_the_same_for_every_node_and_start_but_the_journal_owner_is_not(api):
+    config = dict(api.config, Transfers={"Originator": "site-cluster"})
+    api_a = FakeApi(config)
+    a, b = start(api_a), start(FakeApi(config))
+    assert a.originator == b.originator == "site-cluster"
+    assert a.run_id != b.run_id and a.receiver.journal.owner == a.run_id
+    lookup = api_a.call("POST", "/transfers/lookup", body=json.dumps([{"Level": "Study", "ID": STUDY}]).encode())
+    assert json.loads(lookup.body)["Originator"] == "site-cluster"
+
+
 def test_registered_chunks_route_serves_bytes(api, app):
     r = api.call("GET", f"/transfers/chunks/{ID1}.{ID2}", {"offset": "6", "size": "12"})
     assert r.status == 200 and r.content_type == "application/octet-stream"
@@ -297,3 +307,27 @@ def test_sweep_removes_what_no_job_or_transaction_of_this_run_owns_whatever_its_
     app.sweep_download_root()
     assert sorted(p.name for p in root.iterdir()) == sorted(
         [job.id, f"push-{live}", "notes", "push-not-a-uuid", "readme.txt"])
+
+
+def test_a_cluster_node_sweeps_only_its_own_folder_of_the_shared_area(tmp_path):
+    """Two nodes share StorageDirectory: each sweeps its node-<identifier> folder, never the other's nor
+    what an older layout left in the shared root (that is logged)."""
+    import uuid
+
+    shared = tmp_path / "shared"
+    nodes = {}
+    for name in ("a", "b"):
+        api = FakeApi(dict(GOOD_CONFIG, StorageDirectory=str(shared), DatabaseServerIdentifier=f"node-{name}"))
+        nodes[name] = (api, start(api))
+    root = shared / "transfers-tmp"
+    assert nodes["a"][1].download_root == (root / "node-node-a").absolute()
+    others = {name: str(uuid.uuid4()) for name in ("b", "old")}
+    for folder in (root / "node-node-b" / others["b"], root / others["old"], root / "node-node-a" / "x"):
+        folder.mkdir(parents=True)
+    orphan = root / "node-node-a" / str(uuid.uuid4())
+    orphan.mkdir()
+    api_a, app_a = nodes["a"]
+    app_a.sweep_download_root()
+    assert not orphan.exists()  # its own orphan goes
+    assert (root / "node-node-b" / others["b"]).is_dir() and (root / others["old"]).is_dir()
+    assert any("earlier layout" in w and str(root) in w for w in api_a.warnings)

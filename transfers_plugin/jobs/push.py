@@ -66,7 +66,9 @@ def transaction_id(created: Any) -> Optional[str]:
 def lost_if_unknown(error: Exception, peer: PeerConfig, path: str) -> Exception:
     if isinstance(error, PeerError) and error.http_status == 404:
         return TransactionLost(f"Peer {peer.name!r} does not know the push transaction {path} any more "
-                               f"(restarted, or the transaction was discarded)", 404, retryable=False)
+                               f"(restarted, or the transaction was discarded; behind a load balancer, every request "
+                               f"of a push must reach the node that created it: route on the sender-transfer-id "
+                               f"header or use sticky cookies)", 404, retryable=False)
     return error
 
 
