@@ -5,10 +5,11 @@ The puller asks its own store; the receiver of a push answers ``POST /transfers/
 an MD5 (``StoreMD5ForAttachments``), both equal to the source's: anything else is transferred.
 """
 
-from typing import Any, Iterable, List, Set
+from typing import Any, Collection, Dict, Iterable, List, Mapping, NamedTuple, Set
 
 from .errors import BadRequest, NetworkProtocol, NotFound
-from .protocol import InstanceInfo, check_count, dumps_compact
+from .metrics import SKIPPED_INSTANCES
+from .protocol import InstanceInfo, check_count, dumps_compact, round_mb
 
 HOLDS_URI = "/transfers/holds"
 HOLDS_BATCH = 1000  # instances asked per request: about 100 KB of body, and as many attachment reads
@@ -25,6 +26,38 @@ def held(store: Any, instances: Iterable[InstanceInfo]) -> List[str]:
         if md5 is not None and size == info.size and md5.lower() == info.md5.lower():
             out.append(info.id)
     return out
+
+
+class Partition(NamedTuple):
+    """The instances of a transfer split by what the target holds: those to move, those left out."""
+    transfer: List[InstanceInfo]
+    skipped: List[InstanceInfo]
+
+    def resume_state(self) -> Dict[str, int]:
+        """What a job keeps of the skipped instances in its resume state (see :func:`skipped_content`)."""
+        return {"SkippedInstances": len(self.skipped), "SkippedBytes": sum(i.size for i in self.skipped)}
+
+    def count(self, metrics: Any) -> None:
+        """The skipped instances in the metrics: once per transfer (a resumed run skips nothing anew)."""
+        metrics.add(SKIPPED_INSTANCES, len(self.skipped))
+
+
+def partition(instances: Iterable[InstanceInfo], held_ids: Collection[str]) -> Partition:
+    """``instances`` split into those to transfer and those the target holds (``held_ids``), each in its
+    order; one pass, whatever the count."""
+    transfer: List[InstanceInfo] = []
+    skipped: List[InstanceInfo] = []
+    held_set = held_ids if isinstance(held_ids, (set, frozenset)) else set(held_ids)
+    for info in instances:
+        (skipped if info.id in held_set else transfer).append(info)
+    return Partition(transfer, skipped)
+
+
+def skipped_content(state: Mapping[str, Any]) -> Dict[str, int]:
+    """The job's Content fields of the skipped instances, from its resume state (see
+    :meth:`Partition.resume_state`; a state without them skipped nothing)."""
+    return {"SkippedInstances": int(state.get("SkippedInstances", 0)),
+            "SkippedSizeMB": round_mb(int(state.get("SkippedBytes", 0)))}
 
 
 def holds_answer(ids: List[str]) -> dict:

@@ -37,10 +37,10 @@ from ..errors import (
     OrthancUnavailable,
     TransfersError,
 )
-from ..holdings import held
+from ..holdings import held, partition, skipped_content
 from ..importer import import_instances, rollback
 from ..journal import created_since, last_change
-from ..metrics import PULL_RECEIVED_BYTES, RETRIES, SKIPPED_INSTANCES, Metrics
+from ..metrics import PULL_RECEIVED_BYTES, RETRIES, Metrics
 from ..planner import balance_last_round, chunks_uri, pull_buckets
 from ..progressive import ProgressiveCommitter
 from ..protocol import (
@@ -51,8 +51,10 @@ from ..protocol import (
     TransferQuery,
     check_count,
     dumps_compact,
+    pack_instances,
     round_mb,
     shown,
+    unpack_instances,
 )
 from ..transport import (
     ERROR_BODY_LIMIT,
@@ -145,29 +147,24 @@ class PullJobType:
 
         if "Instances" not in state:
             instances = self.lookup(ctx, query, peer)
-            skipped: List[InstanceInfo] = []
-            if query.skip_existing:
-                # What this Orthanc already holds with the same size and MD5 is left out before any byte moves;
-                # the rest is transferred, and committed all or nothing, as before.
-                holds = set(held(self.store, instances))
-                skipped = [i for i in instances if i.id in holds]
-                instances = [i for i in instances if i.id not in holds]
-                ctx.check()
+            # What this Orthanc already holds with the same size and MD5 is left out before any byte moves; the
+            # rest is transferred, and committed all or nothing, as before.
+            parts = partition(instances, held(self.store, instances) if query.skip_existing else ())
+            instances = parts.transfer
+            ctx.check()
             # Fails at once, before any file is created, when the instances do not fit.
             check_room(self.download_root, sum(i.size for i in instances), free_space(self.download_root),
                        "transfer")
             bucket_kb = capped_bucket_kb(self.config.bucket_size_kb,
                                          cap_kbs(query.max_bandwidth_kbs, self.config.max_bandwidth_kbs))
-            ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=bucket_kb,
+            ctx.update_resume_state(Instances=pack_instances(instances), BucketSizeKB=bucket_kb,
                                     DoneBuckets=[], Verified=[], DownloadedBytes=0, Imported=[], Created=[],
-                                    SkippedInstances=len(skipped), SkippedBytes=sum(i.size for i in skipped))
+                                    **parts.resume_state())
             ctx.save_now()
-            self.metrics.add(SKIPPED_INSTANCES, len(skipped))  # once per transfer: a resumed run skips nothing anew
-        instances = [InstanceInfo.from_json(i) for i in state["Instances"]]
+            parts.count(self.metrics)
+        instances = unpack_instances(state["Instances"])
         total = sum(i.size for i in instances)
-        ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(total),
-                           SkippedInstances=int(state.get("SkippedInstances", 0)),
-                           SkippedSizeMB=round_mb(int(state.get("SkippedBytes", 0))))
+        ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(total), **skipped_content(state))
         if not instances:
             ctx.update_content(CompletedHttpQueries=0, DownloadedSizeMB=0, NetworkSpeedKBs=0,
                                **progress_content(0, 0, 0), RemainingSeconds=0)
@@ -274,6 +271,9 @@ class PullJobType:
         lock = threading.Lock()
         done: Set[int] = set(state["DoneBuckets"])
         verified: Set[str] = set(state["Verified"])
+        # The same instances in the order they were verified: what the resume state keeps, copied (not
+        # sorted, not rebuilt from the set) at each publication, so that a bucket costs O(1) in the count.
+        verified_order: List[str] = list(dict.fromkeys(state["Verified"]))
         carried = instances_of(buckets)
         buckets_of: Dict[str, Set[int]] = {i.id: set() for i in instances}
         for index, ids in carried.items():
@@ -306,7 +306,7 @@ class PullJobType:
             with lock:
                 if ctx.stop_event.is_set() and not final:
                     return  # a worker left behind by a stop (see run_pool's abandon_after) changes nothing
-                ctx.update_resume_state(DoneBuckets=sorted(done), Verified=sorted(verified),
+                ctx.update_resume_state(DoneBuckets=sorted(done), Verified=list(verified_order),
                                         DownloadedBytes=downloaded[0])
                 ctx.update_content(CompletedHttpQueries=len(done), DownloadedSizeMB=round_mb(downloaded[0]),
                                    NetworkSpeedKBs=network_speed_kbs(moved_this_run[0],
@@ -344,6 +344,7 @@ class PullJobType:
                 with lock:
                     if iid not in verified:
                         verified_bytes[0] += size_of[iid]
+                        verified_order.append(iid)
                     verified.add(iid)
                 if on_verified is not None:
                     on_verified(info_of[iid])
@@ -351,8 +352,8 @@ class PullJobType:
         def fetch(item: Tuple[int, Bucket], place: Place) -> None:
             index, bucket = item  # a whole bucket, or a slice of one (see planner.balance_last_round)
             uri = chunks_uri(bucket, query.compression)
-            with lock:
-                skip = set(verified)
+            with lock:  # the instances of this bucket already verified: left as they are on disk
+                skip = {c.instance_id for c in bucket.chunks if c.instance_id in verified}
             if ctx.stop_event.is_set():
                 return
             if limiter is not None and not limiter.acquire(bucket.total_size, ctx.stop_event):
@@ -562,7 +563,7 @@ class PullJobType:
         resubmit reuses: see :meth:`keep_verified`.)"""
         if reason not in ("success", "canceled", "discarded"):
             return
-        instances = [InstanceInfo.from_json(i) for i in record.resume_state.get("Instances", [])]
+        instances = unpack_instances(record.resume_state.get("Instances", []))
         if reason == "canceled":
             self.rollback(record)
         try:

@@ -27,9 +27,20 @@ from ..bandwidth import RateLimiter, cap_kbs
 from ..config import PeerConfig, TransfersConfig
 from ..download_area import instances_of
 from ..errors import NetworkProtocol, NotFound, TransfersError
-from ..metrics import PUSH_SENT_BYTES, SKIPPED_INSTANCES, Metrics
+from ..holdings import partition, skipped_content
+from ..metrics import PUSH_SENT_BYTES, Metrics
 from ..planner import balance_last_round, push_buckets
-from ..protocol import PEER_ID, Bucket, InstanceInfo, PushDescriptor, TransferQuery, dumps_compact, round_mb
+from ..protocol import (
+    PEER_ID,
+    Bucket,
+    InstanceInfo,
+    PushDescriptor,
+    TransferQuery,
+    dumps_compact,
+    pack_instances,
+    round_mb,
+    unpack_instances,
+)
 from ..transport import (
     HttpAnswer,
     PeerError,
@@ -99,18 +110,14 @@ class PushJobType:
         state = ctx.resume_state
         if "Instances" not in state:
             instances = self.source.lookup(query.resources, self.config.limits)
-            skipped: List[InstanceInfo] = []
-            if query.skip_existing and instances:
-                holds = self.held_by_peer(ctx, query, peer, instances)
-                skipped = [i for i in instances if i.id in holds]
-                instances = [i for i in instances if i.id not in holds]
-            ctx.update_resume_state(Instances=[i.to_json() for i in instances], BucketSizeKB=self.config.bucket_size_kb,
-                                    PlanThreads=self.config.threads, DoneBuckets=[], UploadedBytes=0,
-                                    SkippedInstances=len(skipped), SkippedBytes=sum(i.size for i in skipped))
-            self.metrics.add(SKIPPED_INSTANCES, len(skipped))  # once per transfer: a resumed run skips nothing anew
-        instances = [InstanceInfo.from_json(i) for i in state["Instances"]]
-        ctx.update_content(SkippedInstances=int(state.get("SkippedInstances", 0)),
-                           SkippedSizeMB=round_mb(int(state.get("SkippedBytes", 0))))
+            held_ids = self.held_by_peer(ctx, query, peer, instances) if query.skip_existing and instances else set()
+            parts = partition(instances, held_ids)
+            ctx.update_resume_state(Instances=pack_instances(parts.transfer),
+                                    BucketSizeKB=self.config.bucket_size_kb, PlanThreads=self.config.threads,
+                                    DoneBuckets=[], UploadedBytes=0, **parts.resume_state())
+            parts.count(self.metrics)
+        instances = unpack_instances(state["Instances"])
+        ctx.update_content(**skipped_content(state))
         if not instances:  # nothing to move (all skipped, or empty resources): no transaction at the peer
             ctx.update_content(TotalInstances=0, TotalSizeMB=0, CompletedHttpQueries=0, UploadedSizeMB=0,
                                NetworkSpeedKBs=0)
