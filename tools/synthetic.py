@@ -28,11 +28,13 @@ def _pixels(rng: np.random.Generator, rows: int, cols: int, index: int, noise: f
 
 def generate_study(n_instances: int = 20, rows: int = 256, cols: int = 256, modality: str = "CT",
                    seed: int = 0, patient_id: Optional[str] = None, noise: float = 12.0,
-                   background_noise: float = 2.0) -> Iterator[bytes]:
+                   background_noise: float = 2.0, same_pixels: bool = False) -> Iterator[bytes]:
     """Yields the DICOM files (bytes) of one study with one series of ``n_instances`` slices.
 
-    With the default noise, gzip level 6 shrinks 512x512 CT slices about 2.3 times, as it does real CT."""
+    With the default noise, gzip level 6 shrinks 512x512 CT slices about 2.3 times, as it does real CT.
+    ``same_pixels``: every slice gets the first one's pixels (fast, for large workloads)."""
     rng = np.random.default_rng(seed)
+    first_pixels: Optional[bytes] = None
     study_uid = generate_uid(_ROOT)
     series_uid = generate_uid(_ROOT)
     frame_uid = generate_uid(_ROOT)
@@ -74,7 +76,9 @@ def generate_study(n_instances: int = 20, rows: int = 256, cols: int = 256, moda
         ds.PixelRepresentation = 0
         ds.RescaleIntercept = -1024
         ds.RescaleSlope = 1
-        ds.PixelData = _pixels(rng, rows, cols, i, noise, background_noise).tobytes()
+        if first_pixels is None or not same_pixels:
+            first_pixels = _pixels(rng, rows, cols, i, noise, background_noise).tobytes()
+        ds.PixelData = first_pixels
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         yield buf.getvalue()

@@ -5,13 +5,20 @@ alone. Concurrent requests for the same missing instance share one load: the fir
 outside the lock while the others wait for its result. A caller may pass ``still_valid`` to check a
 cached entry against the store before it is served (an instance deleted or replaced since it was loaded):
 an entry that fails the check is dropped and loaded again.
+
+An entry is kept only while some of its bytes remain to be served: callers report each range they served
+(:meth:`InstanceCache.served`), and once every byte of an instance has been served it leaves the cache. A
+transfer reads each byte of its instances once (a retried bucket reloads its instances: a miss), so an
+instance served to its end would otherwise occupy the cache until evicted, and a long transfer would fill
+the whole capacity with data no one asks for again. The ranges that keep an entry are those of requests
+served while it was cached; a range served from an entry evicted meanwhile counts for nothing.
 """
 
 import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class InstanceCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, CachedInstance] = OrderedDict()
         self._loading: Dict[str, _Loading] = {}
+        # Of each cached entry some of whose bytes were served: those byte ranges, sorted and disjoint.
+        self._served: Dict[str, List[Tuple[int, int]]] = {}
         self.used_bytes = 0
         self.hits = 0
         self.misses = 0
@@ -76,8 +85,28 @@ class InstanceCache:
     def _drop(self, instance_id: str, entry: CachedInstance) -> None:
         with self._lock:
             if self._entries.get(instance_id) is entry:  # not already replaced by a newer load
-                del self._entries[instance_id]
-                self.used_bytes -= entry.size
+                self._remove(instance_id, entry)
+
+    def _remove(self, instance_id: str, entry: CachedInstance) -> None:
+        del self._entries[instance_id]
+        self._served.pop(instance_id, None)
+        self.used_bytes -= entry.size
+
+    def served(self, entry: CachedInstance, start: int, end: int) -> bool:
+        """Records that bytes ``[start, end)`` of ``entry`` were served; once all its bytes were, the entry
+        leaves the cache (True). Nothing is recorded for an entry that is no longer the cached one."""
+        start, end = max(0, start), min(entry.size, end)
+        with self._lock:
+            if self._entries.get(entry.id) is not entry:
+                return False
+            if start >= end and entry.size:
+                return False
+            ranges = merge_range(self._served.get(entry.id, []), start, end)
+            if ranges[0][0] <= 0 and ranges[0][1] >= entry.size:
+                self._remove(entry.id, entry)
+                return True
+            self._served[entry.id] = ranges
+            return False
 
     def _get_or_load(self, instance_id: str) -> CachedInstance:
         with self._lock:
@@ -114,8 +143,10 @@ class InstanceCache:
 
     def _insert(self, entry: CachedInstance) -> None:
         while self._entries and self.used_bytes + entry.size > self.capacity:
-            _, old = self._entries.popitem(last=False)
+            old_id, old = self._entries.popitem(last=False)
+            self._served.pop(old_id, None)
             self.used_bytes -= old.size
+        self._served.pop(entry.id, None)
         self._entries[entry.id] = entry
         self.used_bytes += entry.size
 
@@ -126,3 +157,14 @@ class InstanceCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def merge_range(ranges: List[Tuple[int, int]], start: int, end: int) -> List[Tuple[int, int]]:
+    """Sorted disjoint ``ranges`` with ``[start, end)`` added, touching or overlapping ranges merged."""
+    merged: List[Tuple[int, int]] = []
+    for a, b in sorted(ranges + [(start, end)]):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged

@@ -11,6 +11,7 @@ from typing import Iterable, List, Optional, Protocol, Sequence, Tuple
 from . import dicom_layout
 from .cache import CachedInstance, InstanceCache
 from .errors import CorruptedFile, ParameterOutOfRange, PayloadTooLarge
+from .memory import FreedMemory
 from .protocol import (
     DEFAULT_LIMITS,
     LEVEL_INSTANCE,
@@ -43,9 +44,12 @@ class SourceStore(Protocol):
 
 
 class Source:
-    def __init__(self, store: SourceStore, cache_capacity_bytes: int, max_concurrent_reads: int = 4):
+    def __init__(self, store: SourceStore, cache_capacity_bytes: int, max_concurrent_reads: int = 4,
+                 freed: Optional[FreedMemory] = None):
         self.store = store
         self.cache = InstanceCache(cache_capacity_bytes, self._load)
+        # The instances read are freed once served and dropped from the cache: their memory given back.
+        self.freed = freed if freed is not None else FreedMemory.of_this_process()
         self._reads = threading.BoundedSemaphore(max(1, max_concurrent_reads))
         self._layouts: "OrderedDict[Tuple[str, str], Optional[dicom_layout.PixelLayout]]" = OrderedDict()
         self._layouts_lock = threading.Lock()
@@ -75,6 +79,7 @@ class Source:
         (before any attachment record is read)."""
         ids = self.expand(resources)
         check_count(len(ids), "instances in the requested resources", limits)
+        self.freed.maybe_release(start=True)  # a transfer starts: what was freed before goes back first
         return [self.instance_info(i) for i in ids]
 
     # -- chunks --------------------------------------------------------------------------------------
@@ -82,6 +87,7 @@ class Source:
     def _load(self, instance_id: str) -> CachedInstance:
         with self._reads:
             data = self.store.read_dicom(instance_id)
+        self.freed.note(len(data))
         entry = CachedInstance.from_bytes(instance_id, data)
         size, md5 = self.store.attachment_info(instance_id)
         if not matches_record(entry, size, md5):
@@ -99,34 +105,44 @@ class Source:
 
     def get(self, instance_id: str) -> CachedInstance:
         """An instance to serve: cached bytes checked against Orthanc's record, or loaded and checked."""
-        return self.cache.get(instance_id, self._still_valid)
+        entry = self.cache.get(instance_id, self._still_valid)
+        self.freed.maybe_release()  # what earlier answers freed
+        return entry
 
     def bucket_payload(self, bucket: Bucket) -> bytes:
-        """The bytes of a push bucket: each chunk's slice of its instance, in order."""
+        """The bytes of a push bucket: each chunk's slice of its instance, in order. Each slice counts as
+        served (the cache drops an instance once all its bytes were, :mod:`cache`)."""
         parts = []
         for c in bucket.chunks:
-            data = self.get(c.instance_id).data
+            entry = self.get(c.instance_id)
+            data = entry.data
             if c.offset + c.size > len(data):
                 raise CorruptedFile(f"Instance {c.instance_id} has {len(data)} bytes, fewer than the transfer "
                                     f"planned ({c.offset + c.size}); was it replaced meanwhile?")
             parts.append(memoryview(data)[c.offset:c.offset + c.size])
+            self.cache.served(entry, c.offset, c.offset + c.size)
+        if len(parts) == 1 and len(parts[0]) == len(data):
+            return data  # a whole instance: no copy
         return b"".join(parts)
 
     def read(self, request: ChunkRequest) -> bytes:
-        """The bytes of a chunks request, before compression (protocol.md R1, exactly)."""
+        """The bytes of a chunks request, before compression (protocol.md R1, exactly). The ranges taken
+        from each instance count as served (the cache drops an instance once all its bytes were)."""
         return read_range(self.get, request.ids, request.offset, request.size,
-                          max(self.cache.capacity, MIN_ANSWER_LIMIT))
+                          max(self.cache.capacity, MIN_ANSWER_LIMIT), self.cache.served)
 
     # -- encoded answers and bodies --------------------------------------------------------------------
 
     def encoded(self, request: ChunkRequest, codec) -> bytes:
         """The answer of a chunks request in ``codec``; a codec that uses the DICOM layout (zstd-shuffle) is
-        given each instance's range cut around its pixel data."""
+        given each instance's range cut around its pixel data. The ranges count as served, as in :meth:`read`."""
         if not codec.uses_layout:
             return codec.encode(self.read(request))
         pieces = range_pieces(self.get, request.ids, request.offset, request.size,
                               max(self.cache.capacity, MIN_ANSWER_LIMIT))
-        return codec.encode_parts(self._segments(pieces))
+        body = codec.encode_parts(self._segments(pieces))
+        mark_served(pieces, self.cache.served)
+        return body
 
     def encoded_bucket(self, bucket: Bucket, codec) -> bytes:
         """The PUT body of a push bucket in ``codec`` (see :meth:`encoded`)."""
@@ -139,7 +155,9 @@ class Source:
                 raise CorruptedFile(f"Instance {c.instance_id} has {len(entry.data)} bytes, fewer than the transfer "
                                     f"planned ({c.offset + c.size}); was it replaced meanwhile?")
             pieces.append((entry, c.offset, memoryview(entry.data)[c.offset:c.offset + c.size]))
-        return codec.encode_parts(self._segments(pieces))
+        body = codec.encode_parts(self._segments(pieces))
+        mark_served(pieces, self.cache.served)
+        return body
 
     def _segments(self, pieces) -> List[dicom_layout.Segment]:
         out: List[dicom_layout.Segment] = []
@@ -167,19 +185,30 @@ def matches_record(entry: CachedInstance, size: int, md5: Optional[str]) -> bool
     return entry.size == size and (not md5 or entry.md5 == md5)
 
 
-def read_range(get, ids: Sequence[str], offset: int, size: int, max_bytes: Optional[int] = None) -> bytes:
+def read_range(get, ids: Sequence[str], offset: int, size: int, max_bytes: Optional[int] = None,
+               served=None) -> bytes:
     """Concatenates ``ids``' bytes, skips ``offset`` bytes, keeps ``size`` of them (0: all the rest).
 
     ``get(id)`` returns an object with ``data``. An instance is only loaded when bytes of it are needed
     or its size is needed to skip it, as the C++ server does. A ``size`` past the end gives the bytes
     there are (as the C++ server answers); an ``offset`` at or past the end is refused. An answer that
     must be assembled (several instances, or a part of one) is refused beyond ``max_bytes``: an instance
-    listed 300 times in one URL must not make us allocate 300 copies of it.
+    listed 300 times in one URL must not make us allocate 300 copies of it. ``served(entry, start, end)``,
+    if given, is told each range taken from an instance, once the whole answer is known to be given.
     """
-    parts = [view for _, _, view in range_pieces(get, ids, offset, size, max_bytes)]
-    if len(parts) == 1 and len(parts[0]) == len(parts[0].obj):
-        return parts[0].obj
-    return b"".join(parts)
+    pieces = range_pieces(get, ids, offset, size, max_bytes)
+    parts = [view for _, _, view in pieces]
+    answer = parts[0].obj if len(parts) == 1 and len(parts[0]) == len(parts[0].obj) else b"".join(parts)
+    del parts
+    if served is not None:
+        mark_served(pieces, served)
+    return answer
+
+
+def mark_served(pieces: list, served) -> None:
+    """Tells ``served(entry, start, end)`` each range of :func:`range_pieces`' ``pieces``."""
+    for entry, start, view in pieces:
+        served(entry, start, start + len(view))
 
 
 def range_pieces(get, ids: Sequence[str], offset: int, size: int, max_bytes: Optional[int] = None) -> list:

@@ -230,7 +230,8 @@ def test_registered_plugins_routes(api, app):
 
 
 def test_a_replaced_instance_is_served_fresh_without_any_notification(api, app):
-    assert api.call("GET", f"/transfers/chunks/{ID1}").body == b"first instance"
+    # A part: the instance stays cached (the rest remains to be served).
+    assert api.call("GET", f"/transfers/chunks/{ID1}", {"offset": "0", "size": "5"}).body == b"first"
     assert ID1 in app.source.cache
     api.files[ID1] = b"re-imported, other bytes"
     assert api.call("GET", f"/transfers/chunks/{ID1}").body == b"re-imported, other bytes"
@@ -238,8 +239,9 @@ def test_a_replaced_instance_is_served_fresh_without_any_notification(api, app):
 
 
 def test_a_deleted_instance_is_not_served_from_the_cache(api, app):
-    api.call("GET", f"/transfers/chunks/{ID1}")
-    api.call("GET", f"/transfers/chunks/{ID2}")
+    api.call("GET", f"/transfers/chunks/{ID1}", {"offset": "0", "size": "5"})  # parts: both stay cached
+    api.call("GET", f"/transfers/chunks/{ID2}", {"offset": "0", "size": "5"})
+    assert ID1 in app.source.cache and ID2 in app.source.cache
     del api.files[ID1]
     assert api.call("GET", f"/transfers/chunks/{ID1}").status == 404
     assert ID1 not in app.source.cache and ID2 in app.source.cache

@@ -279,3 +279,75 @@ def test_a_failed_check_does_not_drop_a_newer_entry():
 
     assert cache.get("a", replaced_meanwhile).data == b"aaaaa"
     assert "a" in cache and cache.used_bytes == 5
+
+
+# -- an instance leaves the cache once all its bytes were served ---------------------------------------
+
+
+def test_an_instance_served_to_its_last_byte_leaves_the_cache():
+    loader = Loader({"a": 100, "b": 100})
+    cache = InstanceCache(1000, loader)
+    a = cache.get("a")
+    assert not cache.served(a, 0, 40)
+    assert not cache.served(a, 60, 100)  # a hole remains: [40, 60)
+    assert "a" in cache and cache.used_bytes == 100
+    assert cache.served(a, 30, 70)
+    assert "a" not in cache and cache.used_bytes == 0
+    b = cache.get("b")
+    assert cache.served(b, 0, 100)  # a whole instance in one answer
+    assert len(cache) == 0 and cache.used_bytes == 0
+    # Asked again (a retried bucket), it is loaded again: a miss, not a hit.
+    cache.get("a")
+    assert (cache.hits, cache.misses, loader.calls) == (0, 3, ["a", "b", "a"])
+
+
+def test_ranges_served_in_any_order_and_overlapping_cover_the_instance():
+    cache = InstanceCache(1000, Loader({"a": 90}))
+    a = cache.get("a")
+    for start, end in [(60, 90), (0, 10), (20, 30), (5, 25)]:
+        assert not cache.served(a, start, end)
+        assert cache.get("a") is a
+    assert cache.served(a, 25, 61)
+    assert "a" not in cache
+    assert cache.hits == 4 and cache.misses == 1
+
+
+def test_what_was_served_is_forgotten_with_the_entry():
+    loader = Loader({"a": 100, "b": 100, "c": 100})
+    cache = InstanceCache(200, loader)
+    a = cache.get("a")
+    cache.served(a, 0, 90)
+    cache.get("b")
+    cache.get("c")  # evicts a
+    assert "a" not in cache
+    assert not cache.served(a, 90, 100)  # the evicted entry: nothing recorded, nothing dropped
+    again = cache.get("a")
+    assert again is not a
+    assert not cache.served(again, 90, 100)  # its first 90 bytes are to be served again
+    assert "a" in cache
+    assert cache.served(again, 0, 90)
+    assert "a" not in cache
+    assert "c" in cache and len(cache) == 1 and cache.used_bytes == 100  # b was evicted by a's reload
+
+
+def test_a_range_of_a_replaced_entry_does_not_drop_the_new_one():
+    cache = InstanceCache(1000, Loader({"a": 50}))
+    old = cache.get("a", lambda e: True)
+    assert cache.get("a", lambda e: False) is not old  # stale: dropped and loaded again
+    assert not cache.served(old, 0, 50)
+    assert "a" in cache
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 64), st.integers(0, 64)), max_size=12))
+def test_the_entry_leaves_exactly_when_its_ranges_cover_it(ranges):
+    cache = InstanceCache(1000, Loader({"a": 64}))
+    entry = cache.get("a")
+    covered = set()
+    for start, end in ranges:
+        left = cache.served(entry, min(start, end), max(start, end))
+        covered.update(range(min(start, end), max(start, end)))
+        assert left == (covered == set(range(64)))
+        if left:
+            break
+        assert "a" in cache

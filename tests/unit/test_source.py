@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transfers_plugin.cache import CachedInstance
-from transfers_plugin.errors import CorruptedFile, NotFound, ParameterOutOfRange
-from transfers_plugin.protocol import ChunkRequest, InstanceInfo, Resource
+from transfers_plugin.codec import ZSTD_SHUFFLE, codec_names, get_codec
+from transfers_plugin.errors import CorruptedFile, NotFound, ParameterOutOfRange, PayloadTooLarge
+from transfers_plugin.protocol import Bucket, Chunk, ChunkRequest, InstanceInfo, Resource
 from transfers_plugin.source import Source, read_range
 
 
@@ -268,10 +269,48 @@ def test_lookup_unknown_instance(store):
 def test_read_serves_ranges_through_the_cache(store):
     source = Source(store, 1 << 20)
     assert source.read(ChunkRequest(("0a", "1c"), 6, 7)) == b"filethi"
-    assert source.read(ChunkRequest(("1c",))) == b"third"
-    assert source.read(ChunkRequest(("0a", "1c"), 0, 0)) == b"first filethird"
+    assert "0a" in source.cache and "1c" in source.cache  # bytes of each remain to be served
+    assert source.read(ChunkRequest(("1c",), 3, 0)) == b"rd"
+    assert "1c" not in source.cache  # its last bytes served: no one asks for them again
+    assert source.read(ChunkRequest(("0a",), 0, 6)) == b"first "
+    assert len(source.cache) == 0 and source.cache.used_bytes == 0
     assert store.reads == ["0a", "1c"]
-    assert source.cache.misses == 2 and source.cache.hits >= 2
+    assert source.cache.misses == 2 and source.cache.hits == 2
+    # Asked again (a retry, another transfer): read again.
+    assert source.read(ChunkRequest(("0a", "1c"), 0, 0)) == b"first filethird"
+    assert store.reads == ["0a", "1c", "0a", "1c"] and source.cache.misses == 4
+    assert len(source.cache) == 0
+
+
+def test_a_refused_answer_counts_nothing_as_served(store):
+    source = Source(store, 1 << 20)
+    with pytest.raises(PayloadTooLarge):
+        read_range(source.get, ("0a", "1c"), 0, 0, 4, source.cache.served)
+    assert "0a" in source.cache and "1c" in source.cache
+
+
+def test_a_push_bucket_counts_as_served(store):
+    source = Source(store, 1 << 20)
+    first = Bucket((Chunk("0a", 0, 10), Chunk("1c", 0, 2)))
+    assert source.bucket_payload(first) == b"first fileth"
+    assert "0a" not in source.cache and "1c" in source.cache
+    assert source.bucket_payload(Bucket((Chunk("1c", 2, 3),))) == b"ird"
+    assert len(source.cache) == 0 and store.reads == ["0a", "1c"]
+
+
+@pytest.mark.skipif(ZSTD_SHUFFLE not in codec_names(), reason="zstandard is not importable here")
+def test_answers_and_buckets_in_zstd_shuffle_count_as_served(store):
+    """The codec that cuts instances around their pixel data reads them its own way: its ranges count too."""
+    codec = get_codec(ZSTD_SHUFFLE, 1)
+    source = Source(store, 1 << 20)
+    body = source.encoded(ChunkRequest(("0a", "1c"), 6, 7), codec)
+    assert codec.decode(body, 7) == b"filethi"
+    assert "0a" in source.cache and "1c" in source.cache
+    assert codec.decode(source.encoded(ChunkRequest(("1c",), 3, 0), codec), 2) == b"rd"
+    assert "1c" not in source.cache
+    bucket = Bucket((Chunk("0a", 0, 6),))
+    assert codec.decode(source.encoded_bucket(bucket, codec), 6) == b"first "
+    assert len(source.cache) == 0 and store.reads == ["0a", "1c"]
 
 
 def test_load_refuses_a_size_mismatch(store):
@@ -331,11 +370,11 @@ def test_reads_of_the_store_are_bounded(store):
 
 
 def test_cache_capacity_is_the_one_given(store):
-    source = Source(store, 15)
-    source.read(ChunkRequest(("0a",)))  # 10 bytes
-    source.read(ChunkRequest(("1c",)))  # 5 more: 15 fits
+    source = Source(store, 15)  # loaded, not served yet (a lookup without MD5s)
+    source.get("0a")  # 10 bytes
+    source.get("1c")  # 5 more: 15 fits
     assert "0a" in source.cache and "1c" in source.cache
-    source.read(ChunkRequest(("0b",)))  # 19 bytes: alone
+    source.get("0b")  # 19 bytes: alone
     assert len(source.cache) == 1 and "0b" in source.cache
 
 
@@ -357,7 +396,7 @@ def test_a_deleted_instance_is_not_served_from_the_cache(store):
 
 def test_a_replaced_instance_is_served_as_it_is_now(store):
     source = Source(store, 1 << 20)
-    assert source.read(ChunkRequest(("1c",))) == b"third"
+    assert source.read(ChunkRequest(("1c",), 0, 3)) == b"thi"  # cached: 2 bytes remain to be served
     store.add("1c", b"THIRD")  # same ID, other bytes (stored again with overwriting)
     assert source.read(ChunkRequest(("1c",))) == b"THIRD"
     assert store.reads == ["1c", "1c"] and source.cache.stale_drops == 1
@@ -374,7 +413,69 @@ def test_a_replaced_instance_is_not_pushed_with_old_bytes(store):
 
 def test_a_cache_hit_costs_one_record_check_and_no_read(store):
     source = Source(store, 1 << 20)
-    source.read(ChunkRequest(("0a", "1c")))
+    source.get("0a")
+    source.get("1c")
     store.info_calls.clear()
     assert source.read(ChunkRequest(("0a", "1c"))) == b"first filethird"
     assert store.info_calls == ["0a", "1c"] and store.reads == ["0a", "1c"]
+
+
+# --- memory: the bytes of an answer are copied at most once; freed memory is given back ----------------
+
+def _peak_allocated_while(function):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        result = function()
+        return result, tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_answers_copy_the_bytes_of_an_instance_at_most_once():
+    from transfers_plugin.memory import FreedMemory
+    big = FakeStore()
+    instance = bytes(range(256)) * (32 * 1024)  # 8 MB
+    big.add("0a", instance)
+    big.add("0b", instance[:1024])
+    source = Source(big, 64 << 20, freed=FreedMemory(trim=None))
+    cached = source.get("0a")
+    source.get("0b")
+    slack = 256 * 1024
+    # A whole instance (after one skipped): served as the cached bytes, nothing allocated.
+    whole, peak = _peak_allocated_while(lambda: source.read(ChunkRequest(("0b", "0a"), 1024, 0)))
+    assert whole is cached.data
+    assert peak < slack
+    big.add("0a", instance)
+    source = Source(big, 64 << 20, freed=FreedMemory(trim=None))
+    source.get("0a")
+    # Half of it: one copy of that half (the join), not of the instance.
+    half, peak = _peak_allocated_while(lambda: source.read(ChunkRequest(("0a",), 0, len(instance) // 2)))
+    assert half == instance[:len(instance) // 2]
+    assert peak < len(instance) // 2 + slack
+    _, peak = _peak_allocated_while(lambda: source.bucket_payload(Bucket((Chunk("0a", len(instance) // 2,
+                                                                                  len(instance) // 2),))))
+    assert peak < len(instance) // 2 + slack
+
+
+def test_instances_read_are_noted_and_their_memory_given_back():
+    from transfers_plugin.memory import FreedMemory
+    calls = []
+    s = FakeStore()
+    s.add("0a", b"first file")
+    s.add("1c", b"third")
+    source = Source(s, 1 << 20, freed=FreedMemory(threshold=15, interval=0, trim=lambda: calls.append(1)))
+    source.read(ChunkRequest(("0a",)))
+    assert calls == []  # 10 bytes noted, fewer than the threshold
+    source.read(ChunkRequest(("1c",)))
+    assert calls == [1] and source.freed.trims == 1
+
+
+def test_a_lookup_gives_freed_memory_back_first(store):
+    from transfers_plugin.memory import FreedMemory
+    calls = []
+    source = Source(store, 1 << 20, freed=FreedMemory(interval=0, trim=lambda: calls.append(1)))
+    source.lookup([Resource("Study", "st1")])
+    assert calls == [1]

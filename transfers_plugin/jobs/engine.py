@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Protocol, Set
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Set
 
 from ..errors import NotFound, OrthancUnavailable, TransfersError
 from .model import (
@@ -65,6 +65,10 @@ class JobType(Protocol):
 
 
 class JobStore(Protocol):
+    """``load`` and ``save``; a store may also have ``snapshot(jobs, changed)`` (called under the engine's
+    lock with the live jobs, and the resume-state keys changed in place since the last save) and
+    ``write(snapshot)``, to serialize only what changed (see jobs/store.py)."""
+
     def load(self) -> List[Dict[str, Any]]:
         ...
 
@@ -136,6 +140,7 @@ class JobContext:
     def update_resume_state(self, **values: Any) -> None:
         with self._engine._lock:
             self.record.resume_state.update(values)
+            self._engine._changed_keys(self.record.id, values)
         self._engine._mark_dirty()
 
     def drop_resume_state(self, *keys: str) -> None:
@@ -143,8 +148,11 @@ class JobContext:
             self.record.resume_state = {k: v for k, v in self.record.resume_state.items() if k not in keys}
         self._engine._mark_dirty()
 
-    def touch(self) -> None:
-        """The resume state was changed in place: save it with the next periodic save."""
+    def touch(self, *keys: str) -> None:
+        """The resume state (its values ``keys``; without keys, any of them) was changed in place: save it with
+        the next periodic save."""
+        with self._engine._lock:
+            self._engine._changed_keys(self.record.id, keys or None)
         self._engine._mark_dirty()
 
     def save_now(self) -> None:
@@ -174,6 +182,7 @@ class JobEngine:
         self._dirty = False
         self._last_save = 0.0
         self._save_lock = threading.Lock()
+        self._changed: Dict[str, Optional[Set[str]]] = {}  # resume-state keys changed since the last save
         self._cleaning: Dict[str, int] = {}  # jobs whose end-of-job cleanup has not run yet
         self._cleaning_now: Set[str] = set()  # jobs whose cleanup is running
         self._running = False
@@ -531,6 +540,15 @@ class JobEngine:
     def _mark_dirty(self) -> None:
         self._dirty = True
 
+    def _changed_keys(self, job_id: str, keys: Optional[Iterable[str]]) -> None:
+        """Called with the lock held: these resume-state keys of the job (None: any) may have changed in place."""
+        if keys is None:
+            self._changed[job_id] = None
+        else:
+            known = self._changed.setdefault(job_id, set())
+            if known is not None:
+                known.update(keys)
+
     def _save(self) -> None:
         if self.store is None or self._store_closed:
             return
@@ -539,14 +557,22 @@ class JobEngine:
             # It is saved with the others once they are loaded.
             self._dirty = True
             return
+        incremental = hasattr(self.store, "snapshot") and hasattr(self.store, "write")
         with self._save_lock:  # snapshots are written in the order they are taken
             try:
                 with self._lock:
-                    snapshot = copy.deepcopy(
-                        [r.to_persisted() for r in sorted(self._jobs.values(), key=lambda r: r.sequence)])
+                    jobs = [r.to_persisted() for r in sorted(self._jobs.values(), key=lambda r: r.sequence)]
+                    if incremental:  # serialized here, what changed only; written without the lock
+                        snapshot = self.store.snapshot(jobs, self._changed)  # type: ignore[attr-defined]
+                    else:
+                        snapshot = copy.deepcopy(jobs)
+                    self._changed = {}
                     self._dirty = False
                     self._last_save = time.monotonic()
-                self.store.save(snapshot)
+                if incremental:
+                    self.store.write(snapshot)  # type: ignore[attr-defined]
+                else:
+                    self.store.save(snapshot)
             except OrthancUnavailable:
                 # Orthanc's database is closed to plugins: Orthanc is stopping. Nothing more can be saved.
                 with self._lock:

@@ -182,6 +182,8 @@ class JobRecord:
 
     @classmethod
     def from_persisted(cls, d: Dict[str, Any]) -> "JobRecord":
+        if "Unreadable" in d:  # the store could not read all of it (jobs/store.py)
+            raise ValueError(f"job {d.get('ID')!r}: {d['Unreadable']}")
         state = d["State"]
         if state not in STATES:
             raise ValueError(f"unknown job state {state!r}")

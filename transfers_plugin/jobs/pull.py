@@ -513,7 +513,7 @@ class PullJobType:
         def on_imported(instance_id: str, new: bool) -> None:
             with lock:
                 imported.append(instance_id)
-            ctx.touch()
+            ctx.touch("Imported", "Created")
 
         try:
             import_instances(area, instances, self.store, self.config.commit_threads_count, ctx.stop_event,
