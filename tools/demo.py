@@ -74,7 +74,8 @@ def main(argv=None) -> int:
 
 def progress_line(job) -> str:
     """One line of a transfer job's progress: "X of Y MB" both in the instances' own size, the bytes on the
-    wire (gzip), the speed and the time left (once the job estimates it)."""
+    wire (compressed: ``Compression`` ``auto`` gives zstd-shuffle between our peers), the speed and the time
+    left (once the job estimates it)."""
     c = job["Content"]
     line = (f"{job['State']:8} {job['Progress']:3}%  buckets {c.get('CompletedHttpQueries', 0)}  "
             f"{c.get('CompletedSizeMB', 0)} MB of {c.get('TotalSizeMB', '?')} MB  "
@@ -86,11 +87,11 @@ def progress_line(job) -> str:
 
 def watch_transfer(a: OrthancServer, b: OrthancServer, study: str) -> None:
     """Sends the study from A to B in push mode and prints the job until it ends."""
-    r = a.post("/transfers/send", json={"Resources": [{"Level": "Study", "ID": study}], "Compression": "gzip",
+    r = a.post("/transfers/send", json={"Resources": [{"Level": "Study", "ID": study}], "Compression": "auto",
                                         "Peer": "b-push"})
     r.raise_for_status()
     job_id = r.json()["ID"]
-    print(f"\nSending it to B: POST {a.url}/transfers/send -> job {job_id}")
+    print(f"\nSending it to B: POST {a.url}/transfers/send (Compression auto) -> job {job_id}")
     while True:
         job = a.get_json(f"/jobs/{job_id}")
         print("  " + progress_line(job), flush=True)
@@ -98,7 +99,8 @@ def watch_transfer(a: OrthancServer, b: OrthancServer, study: str) -> None:
             break
         time.sleep(0.5)
     if job["State"] == "Success":
-        print(f"Done: B now holds {len(b.get_json(f'/studies/{study}/instances'))} instances of the study.")
+        print(f"Done: B now holds {len(b.get_json(f'/studies/{study}/instances'))} instances of the study "
+              f"(sent with {job['Content'].get('Compression')}).")
     else:
         print(f"The transfer failed: {job['ErrorDescription']}")
 
@@ -115,9 +117,10 @@ Peers as A sees them (installed = push mode, bidirectional = pull mode):
 What A would send (instances, sizes, MD5s):
   curl -s -X POST {a.url}/transfers/lookup -d '{resources}'
 Send the study from A to B, in push mode (peer "b-push") or pull mode (peer "b"):
-  curl -s -X POST {a.url}/transfers/send -d '{{"Resources": {resources}, "Compression": "gzip", "Peer": "b-push"}}'
+  curl -s -X POST {a.url}/transfers/send -d '{{"Resources": {resources}, "Compression": "auto", "Peer": "b-push"}}'
 Or have B pull it from A:
-  curl -s -X POST {b.url}/transfers/pull -d '{{"Resources": {resources}, "Compression": "gzip", "Peer": "a"}}'
+  curl -s -X POST {b.url}/transfers/pull -d '{{"Resources": {resources}, "Compression": "auto", "Peer": "a"}}'
+("auto": zstd-shuffle between our peers when both have zstandard, gzip with any other peer; or "gzip", "none")
 Then watch the job:  curl -s {a.url}/jobs/<ID>   (or B's /jobs/<ID> for a pull)""")
     print("\nCtrl-C stops both servers.", flush=True)
 

@@ -87,7 +87,7 @@ def test_send_from_the_explorer_in_push_and_pull_mode(servers, browser):
     clear(b)
     open_dialog(page, a, study)
     page.select_option("#transfers-peer", "b-push")
-    page.select_option("#transfers-compression", "gzip")
+    page.select_option("#transfers-compression", "auto")
     page.click("#transfers-send")
     page.locator("#transfers-status[data-state='Success']").wait_for(timeout=60000)
     text = page.inner_text("#transfers-status")
@@ -97,7 +97,7 @@ def test_send_from_the_explorer_in_push_and_pull_mode(servers, browser):
     page.click("#transfers-close")
     page.locator("#transfers-dialog").wait_for(state="detached", timeout=10000)
     jobs = [j for j in a.get_json("/jobs?expand") if j["Type"] == "PushTransfer"]
-    assert jobs and jobs[-1]["State"] == "Success" and jobs[-1]["Content"]["Compression"] == "gzip"
+    assert jobs and jobs[-1]["State"] == "Success" and jobs[-1]["Content"]["Compression"] == "zstd-shuffle"  # auto between our peers
     assert_sizes_said(text, jobs[-1]["Content"])
 
     clear(b)

@@ -175,6 +175,7 @@
     var compressionField = $('<div>').attr('data-role', 'fieldcontain');
     compressionField.append($('<label>').attr('for', 'transfers-compression').text('Compression'));
     compressionField.append($('<select>').attr('id', 'transfers-compression').attr('data-native-menu', 'true')
+      .append($('<option>').attr('value', 'auto').text('auto (the best both peers have: zstd-shuffle between our peers, else gzip)'))
       .append($('<option>').attr('value', 'gzip').text('gzip (smaller on the wire)'))
       .append($('<option>').attr('value', 'none').text('none (fastest on a fast network)')));
     content.append(compressionField);
