@@ -97,7 +97,8 @@ def test_send_from_the_explorer_in_push_and_pull_mode(servers, browser):
     page.click("#transfers-close")
     page.locator("#transfers-dialog").wait_for(state="detached", timeout=10000)
     jobs = [j for j in a.get_json("/jobs?expand") if j["Type"] == "PushTransfer"]
-    assert jobs and jobs[-1]["State"] == "Success" and jobs[-1]["Content"]["Compression"] == "zstd-shuffle"  # auto between our peers
+    # "auto" between two of our peers: the pixel-aware codec.
+    assert jobs and jobs[-1]["State"] == "Success" and jobs[-1]["Content"]["Compression"] == "zstd-shuffle"
     assert_sizes_said(text, jobs[-1]["Content"])
 
     clear(b)

@@ -462,17 +462,7 @@ class PullJobType:
         crash loses nothing of what to roll back) and the workers importing each instance once verified;
         those verified by an earlier run go first."""
         state = ctx.resume_state
-        imported: List[str] = list(state.get("Imported", []))
-        created: List[str] = list(state.get("Created", []))
-        if "CommitSince" not in state:
-            ctx.update_resume_state(CommitSince=last_change(self.store.core_get_json))
-        else:  # resumed after a crash: what its last second imported is in Orthanc's change log
-            for instance_id in created_since(self.store.core_get_json, int(state["CommitSince"]),
-                                             [i.id for i in instances]):
-                if instance_id not in created:
-                    created.append(instance_id)
-        ctx.update_resume_state(Imported=imported, Created=created)
-        ctx.save_now()
+        imported, created = self.commit_progress(ctx, instances)
         committer = ProgressiveCommitter(area, self.store, self.config.commit_threads_count, imported, created,
                                          lambda instance_id, new: ctx.touch(), f"progressive-{ctx.id[:8]}")
         verified = set(state.get("Verified", []))
@@ -480,6 +470,27 @@ class PullJobType:
             if info.id in verified:
                 committer.submit(info)
         return committer
+
+    def commit_progress(self, ctx: JobContext, instances: List[InstanceInfo]) -> Tuple[List[str], List[str]]:
+        """The lists of what this job's commit imported and created, saved before any import: the first time,
+        with the last change of Orthanc's log (``CommitSince``); after a crash, completed from that log. The
+        imports of an interrupted commit's last second may be missing from the saved state; Orthanc's change
+        log knows them: they count as created by this job (a rollback removes them) and, not being in
+        Imported, are stored again (Orthanc answers AlreadyStored). The lists are appended to, never copied
+        (no O(n^2))."""
+        state = ctx.resume_state
+        imported: List[str] = list(state.get("Imported", []))
+        created: List[str] = list(state.get("Created", []))
+        if "CommitSince" not in state:
+            ctx.update_resume_state(CommitSince=last_change(self.store.core_get_json))
+        else:
+            for instance_id in created_since(self.store.core_get_json, int(state["CommitSince"]),
+                                             [i.id for i in instances]):
+                if instance_id not in created:
+                    created.append(instance_id)
+        ctx.update_resume_state(Imported=imported, Created=created)
+        ctx.save_now()
+        return imported, created
 
     def rollback_progressive(self, ctx: JobContext) -> None:
         """A progressive commit whose transfer failed: what it created goes (a resubmit starts again)."""
@@ -493,21 +504,7 @@ class PullJobType:
 
     def commit(self, ctx: JobContext, instances: List[InstanceInfo], area: DownloadArea,
                document: Optional[Dict[str, Any]] = None) -> None:
-        state = ctx.resume_state
-        imported: List[str] = list(state.get("Imported", []))  # appended to, never copied: no O(n^2)
-        created: List[str] = list(state.get("Created", []))
-        if "CommitSince" not in state:
-            ctx.update_resume_state(CommitSince=last_change(self.store.core_get_json))
-        else:
-            # An interrupted commit goes on. The imports of its last second may be missing from the saved
-            # state; Orthanc's change log knows them: they count as created by this job (a rollback removes
-            # them) and, not being in Imported, are stored again (Orthanc answers AlreadyStored).
-            for instance_id in created_since(self.store.core_get_json, int(state["CommitSince"]),
-                                             [i.id for i in instances]):
-                if instance_id not in created:
-                    created.append(instance_id)
-        ctx.update_resume_state(Imported=imported, Created=created)
-        ctx.save_now()
+        imported, created = self.commit_progress(ctx, instances)
         lock = threading.Lock()
 
         def on_imported(instance_id: str, new: bool) -> None:
