@@ -17,14 +17,14 @@ def test_bench_command_writes_its_report(tmp_path):
     out = tmp_path / "results"
     result = subprocess.run(
         [sys.executable, "-m", "tools.bench", "--ct", "3", "--mr", "2", "--runs", "1", "--profiles", "loopback,wan",
-         "--modes", "peers,push-gzip,pull-none", "--delay-ms", "1", "--capacity-mbit", "1000", "--window-kb", "512",
+         "--modes", "peers,pull-none", "--delay-ms", "1", "--capacity-mbit", "1000", "--window-kb", "512",
          "--tuned", '{"Threads": 2}', "--out", str(out), "--workdir", str(tmp_path / "work")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     rows = {(r["workload"], r["profile"], r["mode"]) for r in report["results"]}
     assert rows == {(w, p, m) for w in ("ct", "mr") for p in ("loopback", "wan")
-                    for m in ("peers", "push-gzip", "pull-none", "tuned-push-gzip", "tuned-pull-none")}
+                    for m in ("peers", "pull-none", "tuned-pull-none")}
     for r in report["results"]:
         assert r["median_seconds"] > 0 and len(r["runs"]) == 1
         assert r["peak_mb_a"] > 0 and r["peak_mb_b"] > 0
