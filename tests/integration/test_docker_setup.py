@@ -201,6 +201,9 @@ def test_the_image_installs_the_dependencies_of_pyproject(instructions):
     installs = " ".join(rest for word, rest in instructions if word == "RUN" and "pip install" in rest)
     for dependency in dependencies:  # e.g. requests>=2.25: the same lower bound in the image
         assert dependency in installs, dependency
+    zstd = re.search(r"^zstd = \[(.*?)\]", (REPO_ROOT / "pyproject.toml").read_text(), re.M | re.S)
+    for dependency in re.findall(r'"([^"]+)"', zstd.group(1)):  # the optional codec, in the image too
+        assert dependency in installs, dependency
 
 
 # -- two real servers from the image's configuration ------------------------------------------------------
