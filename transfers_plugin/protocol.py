@@ -431,27 +431,15 @@ class TransferQuery:
         stid = check_token(_require(value, "SenderTransferID", str, where), f"{where}: SenderTransferID",
                            ascii_only=True) \
             if "SenderTransferID" in value else None
-        skip = True
-        if "SkipExisting" in value:
-            skip = value["SkipExisting"]
-            if not isinstance(skip, bool):
-                raise BadFileFormat(f"{where}: SkipExisting must be true or false, not {shown(skip)}")
+        skip = optional_bool(value, "SkipExisting", True, where)
         bandwidth = None
         if "MaxBandwidthKBs" in value:
             bandwidth = _require(value, "MaxBandwidthKBs", int, where)
             if not 0 <= bandwidth <= MAX_BANDWIDTH_KBS:
                 raise ParameterOutOfRange(f"{where}: MaxBandwidthKBs must be from 0 (no cap) to {MAX_BANDWIDTH_KBS}, "
                                           f"not {shown(bandwidth)}")
-        metadata = False
-        if "Metadata" in value:
-            metadata = value["Metadata"]
-            if not isinstance(metadata, bool):
-                raise BadFileFormat(f"{where}: Metadata must be true or false, not {shown(metadata)}")
-        progressive = None
-        if "ProgressiveCommit" in value:
-            progressive = value["ProgressiveCommit"]
-            if not isinstance(progressive, bool):
-                raise BadFileFormat(f"{where}: ProgressiveCommit must be true or false, not {shown(progressive)}")
+        metadata = optional_bool(value, "Metadata", False, where)
+        progressive = optional_bool(value, "ProgressiveCommit", None, where)
         return cls(resources, peer, compression, priority, originator, stid, skip, bandwidth, metadata, progressive)
 
     def to_json(self) -> Dict[str, Any]:
@@ -476,6 +464,16 @@ class TransferQuery:
         return out
 
 
+def optional_bool(value: Dict[str, Any], key: str, default: Optional[bool], where: str) -> Optional[bool]:
+    """``value[key]``, a JSON boolean, or ``default`` when the key is absent (400 for anything else)."""
+    if key not in value:
+        return default
+    flag = value[key]
+    if not isinstance(flag, bool):
+        raise BadFileFormat(f"{where}: {key} must be true or false, not {shown(flag)}")
+    return flag
+
+
 def parse_synchronous(value: Any) -> Optional[bool]:
     """Orthanc's convention for routes that run a job: ``"Synchronous": true`` waits for the job's end,
     ``false`` answers the job at once; ``"Asynchronous"`` says the opposite, and ``Synchronous`` wins when both
@@ -486,9 +484,7 @@ def parse_synchronous(value: Any) -> Optional[bool]:
     found: Dict[str, bool] = {}
     for key in ("Synchronous", "Asynchronous"):
         if key in value:
-            if not isinstance(value[key], bool):
-                raise BadFileFormat(f"transfer query: {key} must be true or false, not {shown(value[key])}")
-            found[key] = value[key]
+            found[key] = optional_bool(value, key, None, "transfer query")
     if "Synchronous" in found:
         return found["Synchronous"]
     if "Asynchronous" in found:
@@ -526,9 +522,7 @@ class PushDescriptor:
                                 f"one more per bucket")
         instances = tuple(InstanceInfo.from_json(x, f"Instances[{i}]") for i, x in enumerate(raw_instances))
         buckets = tuple(Bucket.from_json(b, f"Buckets[{i}]") for i, b in enumerate(raw_buckets))
-        progressive = value.get("ProgressiveCommit", False)
-        if not isinstance(progressive, bool):
-            raise BadFileFormat(f"{where}: ProgressiveCommit must be true or false, not {shown(progressive)}")
+        progressive = optional_bool(value, "ProgressiveCommit", False, where)
         return cls(instances, buckets, compression, progressive)
 
     def to_json(self) -> Dict[str, Any]:
