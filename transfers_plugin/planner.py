@@ -141,6 +141,42 @@ def balance_last_round(buckets: List[Bucket], done: Iterable[int], threads: int,
     return requests
 
 
+def spread_ends(buckets: List[Bucket], done: Iterable[int], threads: int,
+                minimum: int = MIN_SLICE) -> List[Tuple[int, Bucket]]:
+    """The buckets still to move (index, piece), in order, for a progressive commit: the first and the last
+    ``threads`` of them cut in ``threads`` slices each (none under ``minimum`` bytes), the others whole.
+
+    Whole buckets moved ``threads`` at a time complete together, a round after the first byte: the import of
+    a progressive commit would wait that long to start, and import a whole round's instances after the last
+    byte. Sliced, the first and the last buckets are moved one after the other by all the workers, and
+    complete a slice's time apart. (A slice is a valid pull request and push bucket for any peer.)
+    """
+    finished = set(done)
+    todo = [i for i in range(len(buckets)) if i not in finished]
+    n = max(1, threads)
+    if n == 1:
+        return [(i, buckets[i]) for i in todo]
+    head = todo[:n]
+    tail = todo[max(n, len(todo) - n):]
+    middle = todo[len(head):len(todo) - len(tail)]
+    requests: List[Tuple[int, Bucket]] = []
+    for i in head:
+        requests += [(i, piece) for piece in split_bucket(buckets[i], n, minimum)]
+    requests += [(i, buckets[i]) for i in middle]
+    for i in tail:
+        requests += [(i, piece) for piece in split_bucket(buckets[i], n, minimum)]
+    return requests
+
+
+def request_order(buckets: List[Bucket], done: Iterable[int], threads: int, progressive: bool = False,
+                  minimum: int = MIN_SLICE) -> List[Tuple[int, Bucket]]:
+    """What a transfer's workers move, in order: :func:`spread_ends` for a progressive commit, else
+    :func:`balance_last_round`."""
+    if progressive:
+        return spread_ends(buckets, done, threads, minimum)
+    return balance_last_round(buckets, done, threads, minimum)
+
+
 def chunks_url(base_url: str, bucket: Bucket, compression: str) -> str:
     """The full pull URL of a bucket: the peer URL as configured, then :func:`chunks_uri`."""
     return base_url + chunks_uri(bucket, compression)

@@ -248,3 +248,44 @@ def test_a_push_follows_the_field_else_the_configuration(configured, field, expe
     assert job.progressive_commit(ctx, TransferQuery.from_json(body), PEER) is expected
     if not expected:
         assert "ProgressiveCommit" not in ctx.content  # a job without it: its Content as before
+
+
+# --- the push's plan: sliced ends, kept in the resume state ---------------------------------------------
+
+def run_push_plan(monkeypatch, state, **fields):
+    """The descriptor a push job would send, from a resume state that already has its instances."""
+    job = PushJobType(parse_configuration({}), lambda: {"p": PEER}, NoCallTransport(), None)
+    ctx = RecordingContext(state)
+    ctx.parameters = dict(QUERY, Peer="p", **fields)
+    sent = []
+    monkeypatch.setattr(job, "send", lambda ctx, query, peer, descriptor: sent.append(descriptor))
+    job.run(ctx)
+    return ctx, sent[0]
+
+
+def planned_state(**extra):
+    from transfers_plugin.protocol import InstanceInfo, pack_instances
+    infos = [InstanceInfo(f"{i:08x}-00000000-00000000-00000000-00000000", 1024 * 1024, "0" * 32)
+             for i in range(40)]
+    return dict({"Instances": pack_instances(infos), "BucketSizeKB": 4096, "PlanThreads": 4, "DoneBuckets": [],
+                 "UploadedBytes": 0, "PeerCapabilities": OURS.to_json()}, **extra)
+
+
+def test_a_progressive_push_slices_its_first_and_last_rounds_and_keeps_that_plan(monkeypatch):
+    ctx, descriptor = run_push_plan(monkeypatch, planned_state(), ProgressiveCommit=True)
+    assert descriptor.progressive_commit and ctx.resume_state["PlanProgressive"] is True
+    sizes = [b.total_size for b in descriptor.buckets]  # 10 buckets of 4 MB: 4 cut in 4, 2 whole, 4 cut in 4
+    assert sizes == [1024 * 1024] * 16 + [4 * 1024 * 1024] * 2 + [1024 * 1024] * 16
+    # Resumed with the option gone (or the peer unreachable): the same plan, the same flag.
+    state = dict(ctx.resume_state, Transaction="/transfers/push/x")
+    _, again = run_push_plan(monkeypatch, state)
+    assert again.buckets == descriptor.buckets and again.progressive_commit
+
+
+def test_a_push_without_it_and_an_older_transaction_keep_the_whole_buckets(monkeypatch):
+    ctx, plain = run_push_plan(monkeypatch, planned_state())
+    assert ctx.resume_state["PlanProgressive"] is False and not plain.progressive_commit
+    assert len(plain.buckets) == 8 + 2 * 2  # the ragged last round: 2 buckets, each cut in 2 for 4 workers
+    # A transaction created by an earlier version (no PlanProgressive saved): planned as it was then.
+    _, older = run_push_plan(monkeypatch, planned_state(Transaction="/transfers/push/x"), ProgressiveCommit=True)
+    assert older.buckets == plain.buckets and not older.progressive_commit

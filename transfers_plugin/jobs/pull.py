@@ -41,7 +41,7 @@ from ..holdings import held, partition, skipped_content
 from ..importer import import_instances, rollback
 from ..journal import created_since, last_change
 from ..metrics import PULL_RECEIVED_BYTES, RETRIES, Metrics
-from ..planner import balance_last_round, chunks_uri, pull_buckets
+from ..planner import chunks_uri, pull_buckets, request_order
 from ..progressive import ProgressiveCommitter
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -283,7 +283,7 @@ class PullJobType:
         pending_check = [i.id for i in instances if i.id not in verified and buckets_of[i.id] <= done]
         work: "queue.Queue[Tuple[int, Bucket]]" = queue.Queue()
         pieces_left: Dict[int, int] = {}
-        for index, piece in balance_last_round(buckets, done, self.config.threads):
+        for index, piece in request_order(buckets, done, self.config.threads, on_verified is not None):
             pieces_left[index] = pieces_left.get(index, 0) + 1
             work.put((index, piece))
         md5_failures: Dict[str, int] = {}

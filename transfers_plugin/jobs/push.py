@@ -29,7 +29,7 @@ from ..download_area import instances_of
 from ..errors import NetworkProtocol, NotFound, TransfersError
 from ..holdings import partition, skipped_content
 from ..metrics import PUSH_SENT_BYTES, Metrics
-from ..planner import balance_last_round, push_buckets
+from ..planner import push_buckets, request_order
 from ..protocol import (
     PEER_ID,
     Bucket,
@@ -122,13 +122,18 @@ class PushJobType:
             ctx.update_content(TotalInstances=0, TotalSizeMB=0, CompletedHttpQueries=0, UploadedSizeMB=0,
                                NetworkSpeedKBs=0)
             return
-        # The C++ plan, with its ragged last round cut in slices (any layout is valid for any receiver);
-        # the plan depends only on what the resume state keeps, so it is the same after a restart.
+        # The C++ plan, with its ragged last round cut in slices, or its first and last rounds with a
+        # progressive commit (planner.request_order; any layout is valid for any receiver). The plan depends
+        # only on what the resume state keeps, so it is the same after a restart (a transaction created
+        # before PlanProgressive existed was planned without it).
+        if "PlanProgressive" not in state:
+            ctx.update_resume_state(PlanProgressive=False if "Transaction" in state
+                                    else self.progressive_commit(ctx, query, peer))
+        progressive = bool(state["PlanProgressive"])
         planned = push_buckets([(i.id, i.size) for i in instances], state["BucketSizeKB"])
-        buckets = [b for _, b in balance_last_round(planned, (), state.get("PlanThreads", 1))]
+        buckets = [b for _, b in request_order(planned, (), state.get("PlanThreads", 1), progressive)]
         ctx.update_content(TotalInstances=len(instances), TotalSizeMB=round_mb(sum(i.size for i in instances)))
-        descriptor = PushDescriptor(tuple(instances), tuple(buckets), query.compression,
-                                    self.progressive_commit(ctx, query, peer))
+        descriptor = PushDescriptor(tuple(instances), tuple(buckets), query.compression, progressive)
         for attempt in (1, 2):
             try:
                 self.send(ctx, query, peer, descriptor)
