@@ -41,7 +41,7 @@ from .importer import import_instances, rollback
 from .journal import CommitJournal, created_since, last_change
 from .metadata import parse_document
 from .progressive import ProgressiveCommitter
-from .protocol import MB, PushDescriptor
+from .protocol import MB, InstanceInfo, PushDescriptor
 
 IDLE_EVICTION = 30.0  # seconds without a bucket after which a transaction may give its place
 REMEMBERED_COMMITS = 1000
@@ -103,7 +103,9 @@ class Transaction:
         self.carried: Dict[int, List[str]] = {}
         self.buckets_of: Dict[str, Set[int]] = {}
         self.offered: Set[str] = set()  # instances verified and given to the committer
+        self.info_of: Dict[str, InstanceInfo] = {}
         if descriptor.progressive_commit:
+            self.info_of = {i.id: i for i in descriptor.instances}
             for index, bucket in enumerate(descriptor.buckets):
                 ids = list(dict.fromkeys(c.instance_id for c in bucket.chunks))
                 self.carried[index] = ids
@@ -255,7 +257,6 @@ class PushReceiver:
             complete = [iid for iid in t.carried.get(index, ())
                         if iid not in t.offered and t.buckets_of[iid] <= t.received]
             t.offered.update(complete)
-        sizes = {i.id: i for i in t.descriptor.instances} if complete else {}
         for iid in complete:
             try:
                 t.area.verify(iid)
@@ -265,7 +266,7 @@ class PushReceiver:
                 continue
             committer = t.committer
             if committer is not None:
-                committer.submit(sizes[iid])
+                committer.submit(t.info_of[iid])
 
     def _discard(self, t: Transaction, roll_back: bool = True) -> None:
         with t.lock:
