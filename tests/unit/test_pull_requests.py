@@ -1,8 +1,7 @@
 """balance_last_round: whole buckets, and the ragged last round cut in slices so that no worker idles;
 spread_ends, the order of a progressive commit."""
 
-from transfers_plugin.planner import MIN_SLICE, pull_buckets
-from transfers_plugin.planner import balance_last_round, request_order, spread_ends
+from transfers_plugin.planner import MIN_SLICE, balance_last_round, pull_buckets, request_order, spread_ends
 from transfers_plugin.planner import balance_last_round as plan_requests
 
 MB = 1024 * 1024
