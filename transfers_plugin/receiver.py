@@ -41,7 +41,7 @@ from .importer import import_instances, rollback
 from .journal import CommitJournal, created_since, last_change
 from .metadata import parse_document
 from .progressive import ProgressiveCommitter
-from .protocol import MB, InstanceInfo, PushDescriptor
+from .protocol import MB, PushDescriptor
 
 IDLE_EVICTION = 30.0  # seconds without a bucket after which a transaction may give its place
 REMEMBERED_COMMITS = 1000
@@ -103,9 +103,7 @@ class Transaction:
         self.carried: Dict[int, List[str]] = {}
         self.buckets_of: Dict[str, Set[int]] = {}
         self.offered: Set[str] = set()  # instances verified and given to the committer
-        self.info_of: Dict[str, InstanceInfo] = {}
         if descriptor.progressive_commit:
-            self.info_of = {i.id: i for i in descriptor.instances}
             for index, bucket in enumerate(descriptor.buckets):
                 ids = list(dict.fromkeys(c.instance_id for c in bucket.chunks))
                 self.carried[index] = ids
@@ -266,7 +264,7 @@ class PushReceiver:
                 continue
             committer = t.committer
             if committer is not None:
-                committer.submit(t.info_of[iid])
+                committer.submit(t.area.instances[iid])
 
     def _discard(self, t: Transaction, roll_back: bool = True) -> None:
         with t.lock:
