@@ -156,15 +156,11 @@ def spread_ends(buckets: List[Bucket], done: Iterable[int], threads: int,
     n = max(1, threads)
     if n == 1:
         return [(i, buckets[i]) for i in todo]
-    head = todo[:n]
-    tail = todo[max(n, len(todo) - n):]
-    middle = todo[len(head):len(todo) - len(tail)]
+    ends = set(todo[:n] + todo[-n:])
     requests: List[Tuple[int, Bucket]] = []
-    for i in head:
-        requests += [(i, piece) for piece in split_bucket(buckets[i], n, minimum)]
-    requests += [(i, buckets[i]) for i in middle]
-    for i in tail:
-        requests += [(i, piece) for piece in split_bucket(buckets[i], n, minimum)]
+    for i in todo:
+        pieces = split_bucket(buckets[i], n, minimum) if i in ends else [buckets[i]]
+        requests += [(i, piece) for piece in pieces]
     return requests
 
 
