@@ -481,15 +481,11 @@ def parse_synchronous(value: Any) -> Optional[bool]:
     Each key given must be a JSON boolean."""
     if not isinstance(value, dict):
         return None
-    found: Dict[str, bool] = {}
-    for key in ("Synchronous", "Asynchronous"):
-        if key in value:
-            found[key] = optional_bool(value, key, None, "transfer query")
-    if "Synchronous" in found:
-        return found["Synchronous"]
-    if "Asynchronous" in found:
-        return not found["Asynchronous"]
-    return None
+    synchronous = optional_bool(value, "Synchronous", None, "transfer query")
+    asynchronous = optional_bool(value, "Asynchronous", None, "transfer query")
+    if synchronous is not None:
+        return synchronous
+    return None if asynchronous is None else not asynchronous
 
 
 @dataclass(frozen=True)
