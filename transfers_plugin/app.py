@@ -128,8 +128,8 @@ class Application:
     def capabilities(self) -> Dict[str, Any]:
         return local_capabilities(__version__)
 
-    def holds(self, instances) -> List[str]:
-        return held(self.api, instances)
+    def holds(self, instances, within=()) -> List[str]:
+        return held(self.api, instances, within)
 
     def _peer(self, name: str):
         peer = self.peers().get(name)

@@ -140,6 +140,16 @@ class OrthancApi:
                 pending.extend((child_level, c) for c in resource[key])
         return instances
 
+    def resource_exists(self, level: str, resource_id: str) -> bool:
+        """Whether this Orthanc holds the patient, study, series or instance ``resource_id``."""
+        if level not in _LEVEL_URIS or not _ORTHANC_ID.fullmatch(resource_id):
+            return False
+        try:
+            self._call(self.orthanc.RestApiGet, f"/{_LEVEL_URIS[level]}/{resource_id}")
+        except NotFound:
+            return False
+        return True
+
     def attachment_info(self, instance_id: str) -> Tuple[int, Optional[str]]:
         if not _ORTHANC_ID.fullmatch(instance_id):
             raise NotFound(f"Unknown instance {shown(instance_id)}")

@@ -149,8 +149,8 @@ def build_source_routes(router: Router, app: Any) -> None:
 
     def holds(request: Request) -> Response:
         limits = app.config.limits
-        instances = parse_holds_request(parse_json_body(request.body, "holds query", limits), limits)
-        return Response.json(holds_answer(app.holds(instances)), styled=False)
+        instances, within = parse_holds_request(parse_json_body(request.body, "holds query", limits), limits)
+        return Response.json(holds_answer(app.holds(instances, within)), styled=False)
 
     router.add(r"/transfers/chunks/([^/]*)", GET=chunks)
     router.add(r"/transfers/lookup", POST=lookup)

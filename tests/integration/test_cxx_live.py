@@ -9,6 +9,7 @@ and sets it. Elsewhere they are skipped; the recorded C++ exchanges of ``test_cx
 """
 
 import os
+import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -247,4 +248,46 @@ def test_metadata_true_with_a_cxx_peer_goes_without_them(orthanc_factory, cxx, s
     job = wait_job(server, r.json()["ID"], timeout=300)
     assert job["State"] == "Success", job
     assert job["Content"]["Metadata"] == "not supported by the peer"
+    assert_same_instances(b, files)
+
+
+# -- ProgressiveCommit (issue 15) with a C++ peer ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_a_progressive_pull_from_a_cxx_source(orthanc_factory, cxx, compression):
+    """Our puller with ``"ProgressiveCommit": true`` asks a C++ source for its first and last buckets cut in
+    slices (``planner.spread_ends``): chunk ranges a C++ puller never asks for. Slowed down by the bandwidth
+    cap, instances are in B while the job still runs; the end result is byte-identical."""
+    a, b = start_pair(orthanc_factory, cxx, source_is_cxx=True)
+    files = source_files(a)  # about 3 MB: 3 to 4 s at the cap below
+    r = b.post("/transfers/pull", json={"Resources": resources(a, files), "Compression": compression, "Peer": "a",
+                                         "ProgressiveCommit": True, "MaxBandwidthKBs": 800})
+    assert r.status_code == 200, r.text
+    job_id = r.json()["ID"]
+    seen = []
+    deadline = time.monotonic() + 120
+    while True:
+        job = b.get_json(f"/jobs/{job_id}")
+        if job["State"] in ("Success", "Failure") or time.monotonic() > deadline:
+            break
+        seen.append(int(b.get_json("/statistics")["CountInstances"]))
+        time.sleep(0.05)
+    assert job["State"] == "Success", job
+    assert job["Content"]["ProgressiveCommit"] is True
+    assert any(0 < n < len(files) for n in seen), f"no instance was imported before the end: {seen}"
+    assert_same_instances(b, files)
+
+
+def test_a_progressive_push_to_a_cxx_receiver_is_a_plain_push(orthanc_factory, cxx):
+    """A C++ receiver does not list ``progressive-commit``: the push goes with the usual plan and commit, the
+    job says ``ProgressiveCommit: false`` and the transfer succeeds."""
+    a, b = start_pair(orthanc_factory, cxx, source_is_cxx=False)
+    files = source_files(a)
+    r = a.post("/transfers/send", json={"Resources": resources(a, files), "Compression": "gzip", "Peer": "b",
+                                         "ProgressiveCommit": True})
+    assert r.status_code == 200, r.text
+    job = wait_job(a, r.json()["ID"], timeout=300)
+    assert job["State"] == "Success", job
+    assert job["Content"]["ProgressiveCommit"] is False
     assert_same_instances(b, files)

@@ -196,7 +196,22 @@ def test_capabilities_and_holds_routes(peers):
     assert r.status_code == 200 and r.json() == {"Held": [iid]}
     r = a.post("/transfers/holds", json={"Instances": asked[1:]})
     assert r.status_code == 200 and r.json() == {"Held": []}
-    for bad in ([], {"Instances": [{"ID": "x"}]}, {"Instances": [asked[0]] * 1001}, {"Instances": "all"}):
+    # With the resources they belong to: asked first, and each instance only when one of them is there.
+    series = a.get_json(f"/instances/{iid}/series")["ID"]
+    others = [{"ID": i, "Size": str(len(d)), "MD5": hashlib.md5(d).hexdigest()} for i, d in files.items()]
+    r = a.post("/transfers/holds", json={"Instances": others, "Resources": [{"Level": "Study", "ID": study}]})
+    assert r.status_code == 200 and sorted(r.json()["Held"]) == sorted(files)
+    r = a.post("/transfers/holds", json={"Instances": others, "Resources": [{"Level": "Series", "ID": series}]})
+    assert r.status_code == 200 and sorted(r.json()["Held"]) == sorted(files)
+    absent = "0" * 8 + "-00000000" * 4
+    r = a.post("/transfers/holds", json={"Instances": others, "Resources": [{"Level": "Study", "ID": absent}]})
+    # A holds these instances, but not the study the asker says they are in: it trusts the claim (which can
+    # only cost the asker a transfer) and asks none of them.
+    assert r.status_code == 200 and r.json() == {"Held": []}
+    for bad in ([], {"Instances": [{"ID": "x"}]}, {"Instances": [asked[0]] * 1001}, {"Instances": "all"},
+                {"Instances": asked[:1], "Resources": [{"Level": "Study", "ID": "../../etc"}]},
+                {"Instances": asked[:1], "Resources": [{"Level": "Volume", "ID": study}]},
+                {"Instances": asked[:1], "Resources": {"Level": "Study", "ID": study}}):
         r = a.post("/transfers/holds", json=bad)
         assert r.status_code == 400 and r.json()["HttpStatus"] == 400, (bad, r.text)
     assert a.request("GET", "/transfers/holds").status_code == 405

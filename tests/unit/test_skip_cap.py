@@ -9,8 +9,8 @@ from transfers_plugin import capabilities, codec
 from transfers_plugin.bandwidth import KB, RateLimiter, cap_kbs, capped_bucket_kb
 from transfers_plugin.config import PeerConfig, parse_configuration
 from transfers_plugin.errors import BadRequest, NetworkProtocol, NotFound, TransfersError
-from transfers_plugin.holdings import HOLDS_BATCH, ask_peer, held, parse_holds_request
-from transfers_plugin.protocol import DEFAULT_LIMITS, InstanceInfo, Limits, TransferQuery
+from transfers_plugin.holdings import HOLDS_BATCH, MAX_WITHIN, ask_peer, held, parse_holds_request
+from transfers_plugin.protocol import DEFAULT_LIMITS, InstanceInfo, Limits, Resource, TransferQuery
 from transfers_plugin.transport import HttpAnswer, PeerError, StoppableBody
 
 ID1 = "11111111-11111111-11111111-11111111-11111111"
@@ -135,13 +135,20 @@ def test_the_configured_cap():
 
 
 class Store:
-    def __init__(self, records):
+    def __init__(self, records, resources=()):
         self.records = records
+        self.resources = set(resources)
+        self.asked = []
 
     def attachment_info(self, iid):
+        self.asked.append(("Instance", iid))
         if iid not in self.records:
             raise NotFound(f"Unknown instance {iid}")
         return self.records[iid]
+
+    def resource_exists(self, level, rid):
+        self.asked.append((level, rid))
+        return (level, rid) in self.resources
 
 
 def test_held_needs_the_same_size_and_md5():
@@ -153,11 +160,40 @@ def test_held_needs_the_same_size_and_md5():
     assert held(Store({ID1: (10, "f" * 32)}), asked[:1]) == []
 
 
+STUDY = "55555555-55555555-55555555-55555555-55555555"
+SERIES = "66666666-66666666-66666666-66666666-66666666"
+
+
+def test_held_asks_the_parents_first_and_each_instance_only_when_one_is_there():
+    asked = [InstanceInfo(f"{n:08x}-11111111-11111111-11111111-11111111", 10, MD5) for n in range(50)]
+    within = [Resource("Study", STUDY), Resource("Series", SERIES)]
+    store = Store({})  # a first transfer: none of them is there, two queries instead of fifty
+    assert held(store, asked, within) == [] and store.asked == [("Study", STUDY), ("Series", SERIES)]
+    store = Store({asked[3].id: (10, MD5)}, resources=[("Series", SERIES)])  # one is there: each instance asked
+    assert held(store, asked, within) == [asked[3].id]
+    assert [a for a in store.asked if a[0] == "Instance"] == [("Instance", i.id) for i in asked]
+    # Instance-level resources, more resources than instances, too many of them: each instance is asked.
+    for many in ([Resource("Instance", i.id) for i in asked[:5]], [Resource("Study", STUDY)] * 50,
+                 [Resource("Study", STUDY)] * (MAX_WITHIN + 1)):
+        store = Store({})
+        assert held(store, asked if len(many) <= 50 else asked * 3, many) == []
+        assert all(level == "Instance" for level, _ in store.asked)
+    store = Store({asked[0].id: (10, MD5)})  # without parents, as from an older sender
+    assert held(store, asked) == [asked[0].id] and len(store.asked) == len(asked)
+
+
 def test_the_holds_query_is_bounded_and_checked():
     one = {"ID": ID1, "Size": "10", "MD5": MD5}
-    assert parse_holds_request({"Instances": [one]}, DEFAULT_LIMITS) == [InstanceInfo(ID1, 10, MD5)]
+    assert parse_holds_request({"Instances": [one]}, DEFAULT_LIMITS) == ([InstanceInfo(ID1, 10, MD5)], [])
+    study = {"Level": "Study", "ID": ID2}
+    assert parse_holds_request({"Instances": [one], "Resources": [study]}, DEFAULT_LIMITS) == \
+        ([InstanceInfo(ID1, 10, MD5)], [Resource("Study", ID2)])
     for bad in ([one], {"Instances": one}, {"Instances": [{"ID": "../x", "Size": "1", "MD5": MD5}]},
-                {"Instances": [one] * (HOLDS_BATCH + 1)}):
+                {"Instances": [one] * (HOLDS_BATCH + 1)},
+                {"Instances": [one], "Resources": study},
+                {"Instances": [one], "Resources": [{"Level": "Study", "ID": "../../x"}]},
+                {"Instances": [one], "Resources": [{"Level": "Volume", "ID": ID2}]},
+                {"Instances": [one], "Resources": [study] * (MAX_WITHIN + 1)}):
         with pytest.raises(BadRequest):
             parse_holds_request(bad, DEFAULT_LIMITS)
     with pytest.raises(TransfersError) as e:
@@ -192,6 +228,13 @@ def test_our_peer_is_asked_in_batches_and_its_answer_is_checked():
     transport = Transport({"/transfers/holds": answer})
     found = ask_peer(transport, PEER, instances)
     assert len(transport.calls) == 3 and found == {i.id for n, i in enumerate(instances) if n % 1000 % 2 == 0}
+    assert all("Resources" not in json.loads(body) for _, _, body in transport.calls)
+    transport = Transport({"/transfers/holds": answer})
+    ask_peer(transport, PEER, instances, within=[Resource("Study", STUDY)])  # each batch says what they are in
+    assert all(json.loads(body)["Resources"] == [{"Level": "Study", "ID": STUDY}] for _, _, body in transport.calls)
+    transport = Transport({"/transfers/holds": answer})
+    ask_peer(transport, PEER, instances, within=[Resource("Study", STUDY)] * (MAX_WITHIN + 1))  # too many: none
+    assert all("Resources" not in json.loads(body) for _, _, body in transport.calls)
     for bad in ({"Held": [ID2]}, {"Held": ID1}, [], {"Held": [1]}):
         with pytest.raises(NetworkProtocol):
             ask_peer(Transport({"/transfers/holds": bad}), PEER, instances[:1])

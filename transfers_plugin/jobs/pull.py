@@ -149,7 +149,7 @@ class PullJobType:
             instances = self.lookup(ctx, query, peer)
             # What this Orthanc already holds with the same size and MD5 is left out before any byte moves; the
             # rest is transferred, and committed all or nothing, as before.
-            parts = partition(instances, held(self.store, instances) if query.skip_existing else ())
+            parts = partition(instances, held(self.store, instances, query.resources) if query.skip_existing else ())
             instances = parts.transfer
             ctx.check()
             # Fails at once, before any file is created, when the instances do not fit.

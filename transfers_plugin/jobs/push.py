@@ -165,7 +165,7 @@ class PushJobType:
         if caps is None or not caps.supports(capabilities.SKIP_EXISTING):
             return set()
         found = holdings.ask_peer(self.transport, peer, instances, self.headers(query, {}, "application/json"),
-                                  ctx.stop_event)
+                                  ctx.stop_event, query.resources)
         ctx.check()
         return found
 
