@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from tools.orthanc_launcher import HOST, REPO_ROOT, OrthancServer, free_port
+from tools.orthanc_launcher import HOST, REPO_ROOT, OrthancServer, default_platform, free_port
 from tools.synthetic import generate_study
 from tools.wan import WanProxy
 
@@ -73,7 +73,7 @@ class Setup:
     """A and B, directly or through WAN proxies, with every peer and modality entry the modes need."""
 
     def __init__(self, workdir: Path, profile: str, args: argparse.Namespace, plugin_library: Optional[str],
-                 transfers: Dict[str, Any]):
+                 transfers: Dict[str, Any], orthanc: Optional[Dict[str, Any]] = None):
         self.profile = profile
         self.args = args
         self.port_a, self.port_b = free_port(), free_port()
@@ -95,8 +95,8 @@ class Setup:
             extra_a = dict(extra, Plugins=[plugin_library])
             with_plugin = False
             platform = HOST
-        else:
-            extra_a = extra
+        else:  # ours, with the Orthanc options of --orthanc (e.g. the Python plugin's AllowThreads)
+            extra_a = dict(extra, **(orthanc or {}))
             with_plugin = True
         self.a = OrthancServer("a", workdir / profile / "a", http_port=self.port_a, with_plugin=with_plugin,
                                transfers=transfers, extra_config=dict(extra_a, DicomModalities={
@@ -460,6 +460,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--transfers", default="", help='Transfers options of both peers as JSON, e.g. {"Threads": 8}')
     parser.add_argument("--tuned", default="", help='also run our modes with these Transfers options (JSON), '
                         'shown as "tuned-..." rows, e.g. {"Threads": 8}')
+    parser.add_argument("--orthanc", default="", help="Orthanc options (JSON) of our servers, e.g. "
+                        '{"Python": {"AllowThreads": true}} (the platform: TRANSFERS_PLATFORM=debian12|debian13)')
     parser.add_argument("--cxx-plugin", action="append", default=[], metavar="[LABEL=]PATH",
                         help="a C++ plugin's library, to compare with it (rows cxx-* or cxx-LABEL-*); repeatable")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results")
@@ -536,7 +538,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 study_ids: List[str] = []
                 try:
                     for prefix, library, transfers in variants:
-                        setup = Setup(workdir / (prefix or "py"), profile, args, library, transfers)
+                        setup = Setup(workdir / (prefix or "py"), profile, args, library, transfers,
+                                      json.loads(args.orthanc) if args.orthanc else None)
                         setups.append(setup)
                         setup.start()
                         if library:
@@ -565,6 +568,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     info = {"machine": machine(), "workload": {"ct": args.ct, "mr": args.mr, "bytes": totals},
             "wan": {"delay_ms": args.delay_ms, "capacity_mbit": args.capacity_mbit, "window_kb": args.window_kb},
             "runs": args.runs, "transfers": args.transfers, "tuned": args.tuned, "cxx_versions": versions,
+            "platform": default_platform(), "orthanc": args.orthanc,
             "results": results, "table": table, "summary": ratios}
     (args.out / "results.json").write_text(json.dumps(info, indent=2))
     (args.out / "results.md").write_text(table + "\n\n" + ratios + "\n")

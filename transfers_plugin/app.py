@@ -23,7 +23,14 @@ from .capabilities import (
     local_capabilities,
     needs_peer,
 )
-from .config import ConfigError, TransfersConfig, merge_registered_peers, parse_configuration
+from .config import (
+    ConfigError,
+    TransfersConfig,
+    commit_threads_advice,
+    merge_registered_peers,
+    parse_configuration,
+    releases_gil,
+)
 from .download_area import DownloadArea
 from .errors import NetworkProtocol, NotFound, TransfersError, Unavailable, http_status_of
 from .holdings import held
@@ -251,12 +258,22 @@ class Application:
             except TransfersError as e:
                 self.api.log_error(f"Transfers: rolling back interrupted push commits failed: {e}")
         self.engine.start()
+        self.advise_commit_threads()
         self.sweep_download_root()
         if self.receiver is not None:
             threading.Thread(target=self._expire_push_transactions, name="transfers-push-expiry", daemon=True).start()
         set_metric = getattr(self.api, "set_metric", None)
         if set_metric is not None:
             Publisher(self.metrics, set_metric, self._stopping, METRICS_PERIOD, self.api.log_warning).start()
+
+    def advise_commit_threads(self) -> None:
+        """Logs what ``CommitThreadsCount`` can do on this Python plugin (see ``config.commit_threads_advice``)."""
+        version = self.api.python_plugin_version()
+        gil_released = releases_gil(self.config.python_allow_threads, version)
+        advice = commit_threads_advice(self.config.commit_threads_count, gil_released, version)
+        if advice is not None:
+            level, message = advice
+            (self.api.log_warning if level == "warning" else self.api.log_info)(f"Transfers: {message}")
 
     def _expire_push_transactions(self) -> None:
         while not self._stopping.wait(30.0):

@@ -122,6 +122,7 @@ class TransfersConfig:
     concurrent_jobs: int = 2
     jobs_history_size: int = 10
     save_jobs: bool = True
+    python_allow_threads: bool = False  # Python.AllowThreads: the Python plugin (4.3+) releases the GIL in SDK calls
     download_area: str = ""  # this node's folder of partial downloads (see parse_configuration)
     node_id: Optional[str] = None  # DatabaseServerIdentifier, when the configuration sets one (a cluster node)
     originator: Optional[str] = None  # Transfers.Originator; None: a random one per start
@@ -211,6 +212,8 @@ def parse_configuration(cfg: Mapping[str, Any]) -> TransfersConfig:
         problems.append(f"SaveJobs must be true or false, not {save_jobs!r}")
         save_jobs = True
     values["save_jobs"] = save_jobs
+    python_section = cfg.get("Python")
+    values["python_allow_threads"] = isinstance(python_section, dict) and python_section.get("AllowThreads") is True
     area = section.get("DownloadArea")
     if area is not None and (not isinstance(area, str) or not area):
         problems.append(f"{SECTION}.DownloadArea must be a non-empty string (a folder), not {area!r}")
@@ -257,6 +260,50 @@ def parse_configuration(cfg: Mapping[str, Any]) -> TransfersConfig:
         raise ConfigError(problems)
     values["warnings"] = tuple(warnings)
     return TransfersConfig(**values)
+
+
+# The first Python plugin with ``AllowThreads`` (which releases the GIL during each call to Orthanc's SDK).
+ALLOW_THREADS_SINCE = (4, 3)
+PARALLEL_COMMIT_THREADS = 4  # measured: see commit_threads_advice
+
+
+def releases_gil(allow_threads: bool, python_plugin_version: str) -> bool:
+    """Whether the Python plugin runs Orthanc's SDK calls without the GIL: ``Python.AllowThreads`` true, on a
+    plugin that has the option (4.3 or later, or a ``mainline`` build). An unknown version counts as not."""
+    if not allow_threads:
+        return False
+    if python_plugin_version.strip().lower() == "mainline":
+        return True
+    m = re.match(r"(\d+)\.(\d+)", python_plugin_version.strip())
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= ALLOW_THREADS_SINCE
+
+
+def commit_threads_advice(commit_threads: int, gil_released: bool,
+                          python_plugin_version: str) -> Optional[Tuple[str, str]]:
+    """What the administrator should know of ``CommitThreadsCount`` on this Python plugin, as
+    ``("info" | "warning", message)``, or None.
+
+    Each import is one ``POST /instances`` through the SDK. With the GIL held during it (plugin 4.0, or
+    ``AllowThreads`` off), imports run one at a time whatever the count, and several threads only compete for
+    the GIL: measured on 1000 MR instances (2 cores, Orthanc 1.12.7, plugin 5.0), the push took 4.3-5.5 s
+    with 1 thread and 6.9-7.3 s with 4. With it released, 4 threads imported them in 1.8-2.0 s instead of
+    3.3-3.9 s (the whole push 3.6-3.7 s instead of 5.1-5.6 s, faster than Orthanc's built-in peers)."""
+    if gil_released and commit_threads == 1:
+        return ("info", f"the Python plugin {python_plugin_version} releases the GIL during calls to Orthanc "
+                        f"(Python.AllowThreads): Transfers.CommitThreadsCount {PARALLEL_COMMIT_THREADS} would "
+                        f"import the instances of a commit in parallel (about twice as fast measured on "
+                        f"small instances); it is 1")
+    if not gil_released and commit_threads > 1:
+        if releases_gil(True, python_plugin_version):  # the plugin has the option, and it is off
+            why = "Python.AllowThreads is false"
+        else:
+            why = (f"the Python plugin {python_plugin_version or '(of an unknown version)'} has no AllowThreads "
+                   f"option: it appeared in 4.3")
+        return ("warning", f"Transfers.CommitThreadsCount is {commit_threads}, but the Python plugin holds the "
+                           f"GIL during each import ({why}): imports run one at a time, and several threads only "
+                           f"compete for the GIL and make commits slower; set CommitThreadsCount to 1, or "
+                           f"Python.AllowThreads to true on plugin 4.3 or later")
+    return None
 
 
 def normalize_url(url: str) -> str:

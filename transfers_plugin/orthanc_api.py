@@ -76,6 +76,13 @@ class OrthancApi:
         """Whether the Orthanc running the plugin is this version or a later one."""
         return bool(self.orthanc.CheckVersionAdvanced(major, minor, revision))
 
+    def python_plugin_version(self) -> str:
+        """The version of the Python plugin running this one (``GET /plugins/python``), "" if unknown."""
+        try:
+            return str(self.core_get_json("/plugins/python").get("Version", ""))
+        except (TransfersError, ValueError, AttributeError):
+            return ""
+
     def core_plugins(self) -> List[str]:
         """``GET /plugins`` of the core (plugin routes bypassed, so this does not call us back)."""
         return json.loads(self._call(self.orthanc.RestApiGet, "/plugins"))

@@ -2,13 +2,15 @@
 
 Only that it works is checked here; what it measures is for the benchmark itself, not for pass/fail."""
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from tools.orthanc_launcher import REPO_ROOT
+from tools import bench
+from tools.orthanc_launcher import REPO_ROOT, default_platform
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +20,8 @@ def test_bench_command_writes_its_report(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tools.bench", "--ct", "3", "--mr", "2", "--runs", "1", "--profiles", "loopback,wan",
          "--modes", "peers,pull-none", "--delay-ms", "1", "--capacity-mbit", "1000", "--window-kb", "512",
-         "--tuned", '{"Threads": 2}', "--out", str(out), "--workdir", str(tmp_path / "work")],
+         "--tuned", '{"Threads": 2}', "--orthanc", '{"Python": {"AllowThreads": true}}', "--out", str(out),
+         "--workdir", str(tmp_path / "work")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
@@ -31,6 +34,7 @@ def test_bench_command_writes_its_report(tmp_path):
         if r["profile"] == "wan":
             assert r["median_wire_bytes"] > 0 and r["link_limit_seconds"] > 0
     assert report["workload"]["ct"] == 3 and report["workload"]["mr"] == 2
+    assert report["orthanc"] == '{"Python": {"AllowThreads": true}}' and report["platform"] == default_platform()
     assert set(report["workload"]["bytes"]) == {"ct", "mr"} and all(report["workload"]["bytes"].values())
     # One line of ratios per workload and profile, our best against built-in peers.
     assert report["summary"].count("our best") == 4 and "x built-in peers" in report["summary"]
@@ -67,3 +71,15 @@ def test_bench_command_measures_a_capped_transfer(tmp_path):
         assert r["cap_kbs"] == 800 and r["wire_bytes"] > 0 and r["seconds"] > 0
         assert r["overall_kbs"] <= 800 * 1.5, r
     assert "| push-none | 800 |" in (out / "cap.md").read_text()
+
+
+def test_bench_orthanc_options_reach_our_servers_only(tmp_path):
+    """``--orthanc``: Orthanc options of our servers (A and B), not of a C++ plugin's."""
+    args = argparse.Namespace(delay_ms=20, capacity_mbit=100, window_kb=128)
+    ours = bench.Setup(tmp_path / "py", "loopback", args, None, {}, {"Python": {"AllowThreads": True}})
+    for server in (ours.a, ours.b):
+        assert server.config()["Python"] == {"AllowThreads": True}
+        assert server.config()["HttpTimeout"] == 600  # the benchmark's own options stay
+    cxx = bench.Setup(tmp_path / "cxx", "loopback", args, "/nonexistent/libOrthancTransfers.so", {},
+                      {"Python": {"AllowThreads": True}})
+    assert "Python" not in cxx.a.config() and "Python" not in cxx.b.config()

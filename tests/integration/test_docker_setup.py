@@ -89,6 +89,9 @@ def test_the_python_plugin_is_on_and_the_image_s_transfers_plugin_off(images):
         assert "Python" in image.enabled_plugins and "libOrthancPython.so" in image.libraries
         assert "Transfers" not in image.enabled_plugins and "libOrthancTransfers.so" not in image.libraries
         assert image.configuration["Transfers"]  # the section is there, for the Python plugin
+        # Parallel imports: the image's Python plugin (7.1) releases the GIL with AllowThreads.
+        assert image.configuration["Python"] == {"AllowThreads": True}
+        assert image.configuration["Transfers"]["CommitThreadsCount"] == 4
 
 
 def test_without_its_switch_the_image_would_load_its_cxx_transfers_plugin_too(compose, instructions):

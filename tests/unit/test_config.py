@@ -7,10 +7,12 @@ from transfers_plugin.config import (
     ConfigError,
     PeerConfig,
     TransfersConfig,
+    commit_threads_advice,
     merge_registered_peers,
     normalize_url,
     parse_configuration,
     parse_peer,
+    releases_gil,
 )
 
 # protocol.md section 10, written out here rather than read from the module.
@@ -425,3 +427,36 @@ def test_merge_with_nothing_registered():
     config = parse_configuration({"OrthancPeers": {"a": ["http://a"]}})
     assert merge_registered_peers(config, []) == dict(config.peers)
     assert merge_registered_peers(TransfersConfig(), []) == {}
+
+
+# -- CommitThreadsCount and the GIL (Python.AllowThreads) ---------------------------------------------------
+
+
+def test_python_allow_threads_is_read_from_the_python_section():
+    assert parse_configuration({}).python_allow_threads is False
+    assert parse_configuration({"Python": {"AllowThreads": True}}).python_allow_threads is True
+    for other in ({"Python": {"AllowThreads": "true"}}, {"Python": True}, {"Python": {"AllowThreads": False}},
+                  {"AllowThreads": True}):
+        assert parse_configuration(other).python_allow_threads is False
+
+
+@pytest.mark.parametrize("allow,version,released", [
+    (True, "4.3", True), (True, "5.0", True), (True, "mainline", True), (True, "10.1", True),
+    (True, "4.2", False), (True, "4.0", False), (True, "", False), (True, "unknown", False),
+    (False, "5.0", False), (False, "mainline", False),
+])
+def test_releases_gil(allow, version, released):
+    assert releases_gil(allow, version) is released
+
+
+def test_commit_threads_advice():
+    assert commit_threads_advice(1, False, "4.0") is None  # the default where imports cannot overlap
+    assert commit_threads_advice(4, True, "5.0") is None  # parallel imports, as advised
+    level, message = commit_threads_advice(1, True, "5.0")
+    assert level == "info" and "CommitThreadsCount 4" in message and "AllowThreads" in message
+    level, message = commit_threads_advice(4, False, "4.0")
+    assert level == "warning" and "is 4" in message and "no AllowThreads option" in message
+    level, message = commit_threads_advice(2, False, "5.0")  # the option exists, and is off
+    assert level == "warning" and "Python.AllowThreads is false" in message
+    level, message = commit_threads_advice(2, False, "")
+    assert level == "warning" and "unknown version" in message

@@ -527,3 +527,23 @@ def test_callbacks_handed_to_the_sdk_stay_referenced_by_the_boundary():
     del api
     gc.collect()
     assert all(ref() is None for ref in registered), "the boundary, not the fake, held them"
+
+
+# --- the Python plugin's version, and the transfer's resources -----------------------------------------
+
+def test_python_plugin_version(api, module):
+    assert api.python_plugin_version() == ""  # not listed by the fake: unknown, never an error
+    assert module.gets == ["/plugins/python"]
+    RESOURCES["/plugins/python"] = {"ID": "python", "Version": "5.0"}
+    try:
+        assert api.python_plugin_version() == "5.0"
+    finally:
+        del RESOURCES["/plugins/python"]
+
+
+def test_resource_exists(api, module):
+    assert api.resource_exists("Study", STUDY_A) and api.resource_exists("Patient", PATIENT)
+    assert not api.resource_exists("Study", oid(99))
+    module.gets.clear()
+    assert not api.resource_exists("Study", "../../tools/reset") and not api.resource_exists("Volume", STUDY_A)
+    assert module.gets == []  # a bad ID or level never reaches Orthanc
