@@ -61,23 +61,17 @@ def test_parallel_commit_threads_transfer_all_or_nothing(orthanc_factory):
     files = load_study(a, N, rows=256, seed=4242)
     study = study_of(a, next(iter(files)))
     resources = [{"Level": "Study", "ID": study}]
+    runs = [(b, "/transfers/pull", "a", "none"), (a, "/transfers/send", "b", "gzip")]  # a pull, a push
     for progressive in (False, True):
-        r = b.post("/transfers/pull", json={"Resources": resources, "Compression": "none", "Peer": "a",
-                                             "ProgressiveCommit": progressive})
-        assert r.status_code == 200, r.text
-        job = wait_job(b, r.json()["ID"], timeout=120)
-        assert job["State"] == "Success", job
-        assert_same_instances(b, files)
-        for patient in b.get_json("/patients"):
-            b.request("DELETE", f"/patients/{patient}")
-        r = a.post("/transfers/send", json={"Resources": resources, "Compression": "gzip", "Peer": "b",
-                                             "ProgressiveCommit": progressive})
-        assert r.status_code == 200, r.text
-        job = wait_job(a, r.json()["ID"], timeout=120)
-        assert job["State"] == "Success", job
-        assert_same_instances(b, files)
-        for patient in b.get_json("/patients"):
-            b.request("DELETE", f"/patients/{patient}")
+        for server, route, peer, compression in runs:
+            r = server.post(route, json={"Resources": resources, "Compression": compression, "Peer": peer,
+                                         "ProgressiveCommit": progressive})
+            assert r.status_code == 200, r.text
+            job = wait_job(server, r.json()["ID"], timeout=120)
+            assert job["State"] == "Success", job
+            assert_same_instances(b, files)
+            for patient in b.get_json("/patients"):
+                b.request("DELETE", f"/patients/{patient}")
 
 
 @pytest.mark.parametrize("mode", ["pull", "push"])
