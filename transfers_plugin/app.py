@@ -258,12 +258,15 @@ class Application:
             except TransfersError as e:
                 self.api.log_error(f"Transfers: rolling back interrupted push commits failed: {e}")
         self.engine.start()
-        self.advise_commit_threads()
         self.sweep_download_root()
         if self.receiver is not None:
             threading.Thread(target=self._expire_push_transactions, name="transfers-push-expiry", daemon=True).start()
+        try:
+            self.advise_commit_threads()
+        except Exception as e:  # noqa: BLE001 - only advice: the rest starts anyway
+            self.api.log_warning(f"Transfers: could not tell what CommitThreadsCount does on this Python plugin: {e}")
         set_metric = getattr(self.api, "set_metric", None)
-        if set_metric is not None:
+        if set_metric is not None:  # last: its first publication says the start is over
             Publisher(self.metrics, set_metric, self._stopping, METRICS_PERIOD, self.api.log_warning).start()
 
     def advise_commit_threads(self) -> None:

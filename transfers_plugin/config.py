@@ -294,11 +294,13 @@ def commit_threads_advice(commit_threads: int, gil_released: bool,
                         f"import the instances of a commit in parallel (about twice as fast measured on "
                         f"small instances); it is 1")
     if not gil_released and commit_threads > 1:
-        if releases_gil(True, python_plugin_version):  # the plugin has the option, and it is off
+        if not python_plugin_version:
+            why = ("the Python plugin's version could not be read (GET /plugins/python), so AllowThreads is not "
+                   "relied on")
+        elif releases_gil(True, python_plugin_version):  # the plugin has the option, and it is off
             why = "Python.AllowThreads is false"
         else:
-            why = (f"the Python plugin {python_plugin_version or '(of an unknown version)'} has no AllowThreads "
-                   f"option: it appeared in 4.3")
+            why = f"the Python plugin {python_plugin_version} has no AllowThreads option: it appeared in 4.3"
         return ("warning", f"Transfers.CommitThreadsCount is {commit_threads}, but the Python plugin holds the "
                            f"GIL during each import ({why}): imports run one at a time, and several threads only "
                            f"compete for the GIL and make commits slower; set CommitThreadsCount to 1, or "

@@ -38,10 +38,12 @@ def pair(orthanc_factory, transfers, extra):
 
 
 def started_log(server) -> str:
-    """The server's log once the plugin has started: ``/jobs`` answers once its jobs engine runs, and the
-    advice is logged right after the engine starts (within milliseconds; a second is left for it)."""
-    server.get_json("/jobs")
-    time.sleep(1.0)
+    """The server's log once the plugin's start is over: the metrics are published last, after the advice
+    was logged (``Application.on_started``), so their first publication marks the end."""
+    deadline = time.monotonic() + 60
+    while "orthanc_transfers_" not in server.get("/tools/metrics-prometheus").text:
+        assert time.monotonic() < deadline, "the plugin's metrics were never published"
+        time.sleep(0.1)
     return server.log_path.read_text(errors="replace")
 
 

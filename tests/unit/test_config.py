@@ -459,4 +459,4 @@ def test_commit_threads_advice():
     level, message = commit_threads_advice(2, False, "5.0")  # the option exists, and is off
     assert level == "warning" and "Python.AllowThreads is false" in message
     level, message = commit_threads_advice(2, False, "")
-    assert level == "warning" and "unknown version" in message
+    assert level == "warning" and "version could not be read" in message

@@ -175,9 +175,10 @@ def test_held_asks_the_parents_first_and_each_instance_only_when_one_is_there():
     # Instance-level resources, more resources than instances, too many of them: each instance is asked.
     for many in ([Resource("Instance", i.id) for i in asked[:5]], [Resource("Study", STUDY)] * 50,
                  [Resource("Study", STUDY)] * (MAX_WITHIN + 1)):
-        store = Store({})
-        assert held(store, asked if len(many) <= 50 else asked * 3, many) == []
-        assert all(level == "Instance" for level, _ in store.asked)
+        instances = asked if len(many) <= 50 else asked * 3
+        store = Store({instances[-1].id: (10, MD5)})
+        assert set(held(store, instances, many)) == {instances[-1].id}
+        assert store.asked == [("Instance", i.id) for i in instances]  # each one, and nothing else
     store = Store({asked[0].id: (10, MD5)})  # without parents, as from an older sender
     assert held(store, asked) == [asked[0].id] and len(store.asked) == len(asked)
 
