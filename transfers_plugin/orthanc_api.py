@@ -19,6 +19,10 @@ from .routes import Request, Response
 
 _NOT_FOUND_CODES = {7, 13, 17, 21}
 _BAD_REQUEST_CODES = {3, 5, 8, 12, 15, 28}
+# "Error with the database engine": what a global property write gets from the PostgreSQL index when a
+# concurrent transaction (another node, Orthanc's own imports) conflicts with it; worth a few retries.
+_DATABASE_ERROR = 11
+PROPERTY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)  # seconds before each new attempt
 _DATABASE_UNAVAILABLE = 2038  # "Plugin trying to call the database during its initialization" (or its end)
 _ORTHANC_ID = re.compile(r"[0-9a-f-]{1,64}")
 _LEVEL_URIS = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}
@@ -113,10 +117,22 @@ class OrthancApi:
     # -- global properties -----------------------------------------------------------------------------
 
     def get_global_property(self, property_id: int, default: str = "") -> str:
-        return self._call(self.orthanc.GetGlobalProperty, property_id, default)
+        return self._property_call(self.orthanc.GetGlobalProperty, property_id, default)
 
     def set_global_property(self, property_id: int, value: str) -> None:
-        self._call(self.orthanc.SetGlobalProperty, property_id, value)
+        self._property_call(self.orthanc.SetGlobalProperty, property_id, value)
+
+    def _property_call(self, fn: Callable, property_id: int, value: str) -> Any:
+        """A global property read or write, tried again after a database error (a transaction conflict,
+        seen with four concurrent push commits on a PostgreSQL cluster node); the last error is raised."""
+        for delay in PROPERTY_RETRY_DELAYS + (None,):
+            try:
+                return self._call(fn, property_id, value)
+            except TransfersError as e:
+                if e.orthanc_code != _DATABASE_ERROR or delay is None:
+                    raise
+                self.log_warning(f"Transfers: global property {property_id}: {e.message}; trying again")
+                time.sleep(delay)
 
     # -- reading instances ---------------------------------------------------------------------------
 

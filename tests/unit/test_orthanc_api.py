@@ -547,3 +547,33 @@ def test_resource_exists(api, module):
     module.gets.clear()
     assert not api.resource_exists("Study", "../../tools/reset") and not api.resource_exists("Volume", STUDY_A)
     assert module.gets == []  # a bad ID or level never reaches Orthanc
+
+
+def test_a_global_property_write_is_tried_again_after_a_database_error(monkeypatch):
+    import transfers_plugin.orthanc_api as boundary
+    monkeypatch.setattr(boundary, "PROPERTY_RETRY_DELAYS", (0, 0))
+    module = make_module()
+    attempts = []
+
+    def flaky_set(property_id, value):
+        attempts.append(value)
+        if len(attempts) < 3:
+            raise FakeOrthancException(11, "Error with the database engine")
+
+    module.SetGlobalProperty = flaky_set
+    api = OrthancApi(module=module)
+    api.set_global_property(23452, "{}")  # two conflicts, then written
+    assert attempts == ["{}"] * 3
+    assert [level for level, _ in module.logs] == ["warning", "warning"]
+    attempts.clear()
+    module.SetGlobalProperty = lambda p, v: (attempts.append(v), (_ for _ in ()).throw(
+        FakeOrthancException(11, "Error with the database engine")))
+    with pytest.raises(TransfersError) as info:  # always failing: the last error, after every attempt
+        api.set_global_property(23452, "{}")
+    assert info.value.orthanc_code == 11 and len(attempts) == 3
+    attempts.clear()
+    module.SetGlobalProperty = lambda p, v: (attempts.append(v), (_ for _ in ()).throw(
+        FakeOrthancException(9, "Error in the network protocol")))
+    with pytest.raises(TransfersError):  # another error: not tried again
+        api.set_global_property(23452, "{}")
+    assert len(attempts) == 1
