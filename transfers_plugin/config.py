@@ -267,15 +267,20 @@ ALLOW_THREADS_SINCE = (4, 3)
 PARALLEL_COMMIT_THREADS = 4  # measured: see commit_threads_advice
 
 
+def has_allow_threads(python_plugin_version: str) -> bool:
+    """Whether a Python plugin of this version has the ``AllowThreads`` option (4.3 or later, or a
+    ``mainline`` build). An unknown version counts as not."""
+    version = python_plugin_version.strip()
+    if version.lower() == "mainline":
+        return True
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= ALLOW_THREADS_SINCE
+
+
 def releases_gil(allow_threads: bool, python_plugin_version: str) -> bool:
     """Whether the Python plugin runs Orthanc's SDK calls without the GIL: ``Python.AllowThreads`` true, on a
-    plugin that has the option (4.3 or later, or a ``mainline`` build). An unknown version counts as not."""
-    if not allow_threads:
-        return False
-    if python_plugin_version.strip().lower() == "mainline":
-        return True
-    m = re.match(r"(\d+)\.(\d+)", python_plugin_version.strip())
-    return bool(m) and (int(m.group(1)), int(m.group(2))) >= ALLOW_THREADS_SINCE
+    plugin that has the option."""
+    return allow_threads and has_allow_threads(python_plugin_version)
 
 
 def commit_threads_advice(commit_threads: int, gil_released: bool,
@@ -297,7 +302,7 @@ def commit_threads_advice(commit_threads: int, gil_released: bool,
         if not python_plugin_version:
             why = ("the Python plugin's version could not be read (GET /plugins/python), so AllowThreads is not "
                    "relied on")
-        elif releases_gil(True, python_plugin_version):  # the plugin has the option, and it is off
+        elif has_allow_threads(python_plugin_version):  # the plugin has the option, and it is off
             why = "Python.AllowThreads is false"
         else:
             why = f"the Python plugin {python_plugin_version} has no AllowThreads option: it appeared in 4.3"
