@@ -72,10 +72,10 @@ class Application:
         self.transport.on_retry = lambda: self.metrics.add(RETRIES)
         self.download_root = Path(config.download_area).absolute()
         self.pull_job = PullJobType(config, self.peers, self.transport, api, self.download_root,
-                                    api.log_info, api.log_warning, self.metrics, self.metadata)
+                                    api.log_info, api.log_warning, self.metrics, self.metadata, self.run_id)
         store = GlobalPropertyJobStore(api.get_global_property, api.set_global_property) if config.save_jobs else None
         self.push_job = PushJobType(config, self.peers, self.transport, self.source, api.log_info, api.log_warning,
-                                    self.metrics, self.metadata)
+                                    self.metrics, self.metadata, self.run_id)
         self.remote_job = RemotePullJobType(config, self.peers, self.transport, api.log_info, api.log_warning)
         self.engine = JobEngine({job.name: job for job in (self.pull_job, self.push_job, self.remote_job)}, store,
                                 config.concurrent_jobs,
@@ -133,7 +133,7 @@ class Application:
                 "ExtendsOrthancExplorer": True, "Capabilities": CAPABILITIES_URI}
 
     def capabilities(self) -> Dict[str, Any]:
-        return local_capabilities(__version__)
+        return local_capabilities(__version__, self.run_id)
 
     def holds(self, instances, within=()) -> List[str]:
         return held(self.api, instances, within)

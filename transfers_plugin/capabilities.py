@@ -6,8 +6,14 @@ C++ plugin's answer is the core's description of the plugin, and an Orthanc with
 so asking it is harmless for any peer; only a peer whose answer names that route is then asked
 ``GET /transfers/capabilities``:
 
-    {"Implementation": "orthanc-transfers-py", "Version": "0.1.0",
+    {"Implementation": "orthanc-transfers-py", "Version": "0.1.0", "Server": "<a UUID>",
      "Features": ["bandwidth-cap", "metadata", "skip-existing"], "Compression": ["none", "gzip"]}
+
+``Server`` is a random identifier that the plugin makes when it starts (one per Orthanc process; absent in
+older peers of ours): a job whose peer answers the identifier of its own process is a transfer of this
+Orthanc to itself (upstream's own tests of the C++ plugin do that, as do administrators checking a setup),
+which then moves everything, as the C++ plugin does, instead of skipping every instance as held
+(:func:`same_server`).
 
 A job asks once per peer (``PeerCapabilities`` caches the answer, and a job keeps it in its resume state).
 Every answer is a peer's, hence hostile: at most ``MAX_ANSWER_BYTES``, its types checked, its lists bounded;
@@ -53,18 +59,28 @@ class Capabilities:
     version: str
     features: FrozenSet[str]
     compression: Tuple[str, ...]
+    server: Optional[str] = None  # the peer's process (see the module's description); None: an older peer
 
     def supports(self, feature: str) -> bool:
         return feature in self.features
 
     def to_json(self) -> Dict[str, Any]:
-        return {"Implementation": self.implementation, "Version": self.version,
-                "Features": sorted(self.features), "Compression": list(self.compression)}
+        out: Dict[str, Any] = {"Implementation": self.implementation, "Version": self.version}
+        if self.server is not None:
+            out["Server"] = self.server
+        out.update(Features=sorted(self.features), Compression=list(self.compression))
+        return out
 
 
-def local_capabilities(version: str) -> Dict[str, Any]:
+def local_capabilities(version: str, server: Optional[str] = None) -> Dict[str, Any]:
     """The answer of our ``GET /transfers/capabilities``."""
-    return Capabilities(IMPLEMENTATION, version, frozenset(FEATURES), codec_names()).to_json()
+    return Capabilities(IMPLEMENTATION, version, frozenset(FEATURES), codec_names(), server).to_json()
+
+
+def same_server(caps: Optional[Capabilities], server: Optional[str]) -> bool:
+    """Whether ``caps`` are the answer of this very process (``server``: its identifier): a transfer of an
+    Orthanc to itself. False for a C++ peer, an older peer of ours, or when ``server`` is unknown."""
+    return bool(server) and caps is not None and caps.server == server
 
 
 def needs_peer(requested: str) -> bool:
@@ -108,10 +124,12 @@ def parse_capabilities(document: Any) -> Capabilities:
     compressions are kept (a newer peer), unknown keys ignored."""
     if not isinstance(document, dict):
         raise ValueError("the capabilities answer must be a JSON object")
+    server = document.get("Server")
     return Capabilities(_text(document.get("Implementation"), "Implementation"),
                         _text(document.get("Version"), "Version"),
                         frozenset(_texts(document.get("Features"), "Features")),
-                        _texts(document.get("Compression"), "Compression"))
+                        _texts(document.get("Compression"), "Compression"),
+                        None if server is None else _text(server, "Server"))
 
 
 def ask(transport: Any, peer: Any, stop_event: Any = None,

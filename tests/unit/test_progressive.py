@@ -289,3 +289,31 @@ def test_a_push_without_it_and_an_older_transaction_keep_the_whole_buckets(monke
     # A transaction created by an earlier version (no PlanProgressive saved): planned as it was then.
     _, older = run_push_plan(monkeypatch, planned_state(Transaction="/transfers/push/x"), ProgressiveCommit=True)
     assert older.buckets == plain.buckets and not older.progressive_commit
+
+
+# --- a push to this Orthanc itself: nothing skipped, its receiver not even asked ------------------------
+
+@pytest.mark.parametrize("server, asked", [("this-run", False), ("another-run", True)],
+                         ids=["to-itself", "to-another-process"])
+def test_a_push_to_itself_skips_nothing_and_asks_no_holds(server, asked):
+    from transfers_plugin.protocol import InstanceInfo
+    caps = Capabilities("orthanc-transfers-py", "0.3.0", frozenset({"skip-existing"}), ("none",), server)
+    holds = []
+
+    class HoldsTransport:
+        def call(self, peer, method, uri, **kwargs):
+            holds.append(uri)
+            raise AssertionError("stop here: the holds were asked")
+
+    job = PushJobType(parse_configuration({}), lambda: {"p": PEER}, HoldsTransport(), None,
+                      server_id="this-run")
+    ctx = RecordingContext({"PeerCapabilities": caps.to_json()})
+    query = TransferQuery.from_json(dict(QUERY, Peer="p"))
+    instances = [InstanceInfo("00000001-00000000-00000000-00000000-00000000", 10, "0" * 32)]
+    if asked:
+        with pytest.raises(AssertionError, match="holds were asked"):
+            job.held_by_peer(ctx, query, PEER, instances)
+        assert holds == ["/transfers/holds"]
+    else:
+        assert job.held_by_peer(ctx, query, PEER, instances) == set()
+        assert holds == []

@@ -283,6 +283,22 @@ def test_our_peer_is_asked_and_a_hostile_answer_means_everything_is_sent():
     assert len(warnings) == 9
 
 
+def test_the_server_identifier_tells_a_transfer_to_itself():
+    mine = capabilities.local_capabilities("0.3.0", "run-1")
+    assert mine["Server"] == "run-1"
+    caps = capabilities.parse_capabilities(mine)
+    assert caps.server == "run-1" and capabilities.from_state(caps.to_json()) == caps
+    assert capabilities.same_server(caps, "run-1")
+    assert not capabilities.same_server(caps, "run-2")  # another process: another node of a cluster, say
+    assert not capabilities.same_server(caps, None) and not capabilities.same_server(caps, "")
+    assert not capabilities.same_server(None, "run-1")  # a C++ peer
+    older = capabilities.parse_capabilities(capabilities.local_capabilities("0.2.0"))  # without "Server"
+    assert "Server" not in older.to_json() and not capabilities.same_server(older, "run-1")
+    for bad in (1, "", "x" * 65, "a\nb", ["run-1"]):
+        with pytest.raises(ValueError):
+            capabilities.parse_capabilities(dict(mine, Server=bad))
+
+
 def test_the_answers_are_asked_with_a_small_bound_and_cached_per_peer():
     sizes = []
 

@@ -116,9 +116,10 @@ class PullJobType:
                  transport: PeerTransport, store: Any, download_root: Path,
                  log_info: Callable[[str], None] = lambda m: None,
                  log_warning: Callable[[str], None] = lambda m: None, metrics: Optional[Metrics] = None,
-                 metadata_store: Optional[meta.MetadataStore] = None):
+                 metadata_store: Optional[meta.MetadataStore] = None, server_id: Optional[str] = None):
         self.config = config
         self.metadata_store = metadata_store
+        self.server_id = server_id  # this process in our capabilities answer (capabilities.same_server)
         self.peers = peers
         self.transport = transport
         self.metrics = metrics if metrics is not None else Metrics()
@@ -149,7 +150,10 @@ class PullJobType:
             instances = self.lookup(ctx, query, peer)
             # What this Orthanc already holds with the same size and MD5 is left out before any byte moves; the
             # rest is transferred, and committed all or nothing, as before.
-            parts = partition(instances, held(self.store, instances, query.resources) if query.skip_existing else ())
+            held_ids = held(self.store, instances, query.resources) if query.skip_existing else []
+            if held_ids and self.from_itself(ctx, peer):
+                held_ids = []
+            parts = partition(instances, held_ids)
             instances = parts.transfer
             ctx.check()
             # Fails at once, before any file is created, when the instances do not fit.
@@ -229,6 +233,19 @@ class PullJobType:
             ctx.update_resume_state(WireCompression=capabilities.choose_compression(
                 query.compression, caps, peer.name, self.log_warning))
         return dataclasses.replace(query, compression=state["WireCompression"])
+
+    def from_itself(self, ctx: JobContext, peer: PeerConfig) -> bool:
+        """Whether the source is this Orthanc itself (its capabilities name this process), asked only when
+        something would be skipped: a pull from itself then moves everything, as the C++ plugin's does, rather
+        than skipping every instance as held."""
+        caps = capabilities.ask(self.transport, peer, ctx.stop_event, self.log_warning,
+                                float(self.config.peer_connectivity_timeout))
+        ctx.check()
+        if not capabilities.same_server(caps, self.server_id):
+            return False
+        self.log_info(f"Transfers: job {ctx.id}: peer {peer.name!r} is this Orthanc itself: nothing is skipped, "
+                      f"everything is transferred")
+        return True
 
     def lookup(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig) -> List[InstanceInfo]:
         body = dumps_compact([r.to_json() for r in query.resources])

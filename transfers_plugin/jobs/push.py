@@ -89,9 +89,10 @@ class PushJobType:
     def __init__(self, config: TransfersConfig, peers: Callable[[], Dict[str, PeerConfig]],
                  transport: PeerTransport, source: Any, log_info: Callable[[str], None] = lambda m: None,
                  log_warning: Callable[[str], None] = lambda m: None, metrics: Optional[Metrics] = None,
-                 metadata_store: Optional[meta.MetadataStore] = None):
+                 metadata_store: Optional[meta.MetadataStore] = None, server_id: Optional[str] = None):
         self.config = config
         self.metadata_store = metadata_store
+        self.server_id = server_id  # this process in our capabilities answer (capabilities.same_server)
         self.peers = peers
         self.transport = transport
         self.metrics = metrics if metrics is not None else Metrics()
@@ -160,9 +161,14 @@ class PushJobType:
     def held_by_peer(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig,
                      instances: List[InstanceInfo]) -> Set[str]:
         """What the receiver already holds, asked only of our peers (a C++ receiver gets everything). The
-        peer's capabilities are asked once per job and kept in its resume state."""
+        peer's capabilities are asked once per job and kept in its resume state. A push to this Orthanc itself
+        moves everything, as the C++ plugin's does, rather than skipping every instance as held."""
         caps = self.peer_capabilities(ctx, peer)
         if caps is None or not caps.supports(capabilities.SKIP_EXISTING):
+            return set()
+        if capabilities.same_server(caps, self.server_id):
+            self.log_info(f"Transfers: job {ctx.id}: peer {peer.name!r} is this Orthanc itself: nothing is skipped, "
+                          f"everything is transferred")
             return set()
         found = holdings.ask_peer(self.transport, peer, instances, self.headers(query, {}, "application/json"),
                                   ctx.stop_event, query.resources)
