@@ -15,7 +15,8 @@ Orthanc to itself (upstream's own tests of the C++ plugin do that, as do adminis
 which then moves everything, as the C++ plugin does, instead of skipping every instance as held
 (:func:`same_server`).
 
-A job asks once per peer (``PeerCapabilities`` caches the answer, and a job keeps it in its resume state).
+A job asks once per peer (``PeerCapabilities`` caches the answer, and a job keeps it in its resume state:
+:func:`of_job`).
 Every answer is a peer's, hence hostile: at most ``MAX_ANSWER_BYTES``, its types checked, its lists bounded;
 a peer that answers anything else is treated as a C++ peer (it gets everything, as today). Features:
 
@@ -49,6 +50,7 @@ METADATA = "metadata"
 PROGRESSIVE_COMMIT = "progressive-commit"
 FEATURES: Tuple[str, ...] = (SKIP_EXISTING, BANDWIDTH_CAP, METADATA, PROGRESSIVE_COMMIT)
 MAX_ANSWER_BYTES = 64 * 1024
+JOB_STATE_KEY = "PeerCapabilities"  # where a job keeps its peer's answer (of_job)
 MAX_ITEMS = 64
 MAX_TEXT = 64
 
@@ -81,6 +83,12 @@ def same_server(caps: Optional[Capabilities], server: Optional[str]) -> bool:
     """Whether ``caps`` are the answer of this very process (``server``: its identifier): a transfer of an
     Orthanc to itself. False for a C++ peer, an older peer of ours, or when ``server`` is unknown."""
     return bool(server) and caps is not None and caps.server == server
+
+
+def to_itself_note(job_id: str, peer_name: str) -> str:
+    """The log line of a job that skips nothing because its peer is this Orthanc itself (:func:`same_server`)."""
+    return (f"Transfers: job {job_id}: peer {peer_name!r} is this Orthanc itself: nothing is skipped, everything "
+            f"is transferred")
 
 
 def needs_peer(requested: str) -> bool:
@@ -154,6 +162,22 @@ def ask(transport: Any, peer: Any, stop_event: Any = None,
         log_warning(f"Transfers: peer {peer.name!r} gave a bad capabilities answer ({e}): it is treated as a C++ "
                     f"peer")
     return None
+
+
+def of_job(ctx: Any, transport: Any, peer: Any, log_warning: Callable[[str], None],
+           timeout: Optional[float]) -> Optional[Capabilities]:
+    """The capabilities of a job's peer (see :func:`ask`), asked once per job and kept in its resume state
+    (``PeerCapabilities``: a resumed job decides as it did); ``ctx`` is a ``JobContext``, checked after (a
+    stop ends the job there)."""
+    state = ctx.resume_state
+    if JOB_STATE_KEY in state:
+        caps = from_state(state[JOB_STATE_KEY])
+    else:
+        caps = ask(transport, peer, ctx.stop_event, log_warning, timeout)
+        ctx.check()  # a stop during the question: nothing kept (the peer is asked again when the job resumes)
+        ctx.update_resume_state(**{JOB_STATE_KEY: caps.to_json() if caps is not None else None})
+    ctx.check()
+    return caps
 
 
 def from_state(value: Any) -> Optional[Capabilities]:

@@ -299,6 +299,42 @@ def test_the_server_identifier_tells_a_transfer_to_itself():
             capabilities.parse_capabilities(dict(mine, Server=bad))
 
 
+def test_a_job_asks_its_peer_once_and_keeps_the_answer_unless_stopped_meanwhile():
+    from job_context import FakeJobContext
+
+    from transfers_plugin.jobs.engine import JobStopped
+    from transfers_plugin.jobs.pull import PullJobType
+
+    good = capabilities.local_capabilities("0.3.0", "run-1")
+    transport = Transport({"/plugins/transfers": OURS, "/transfers/capabilities": good})
+    ctx = FakeJobContext()
+    first = capabilities.of_job(ctx, transport, PEER, lambda m: None, 1.0)
+    assert first.server == "run-1" and ctx.resume_state["PeerCapabilities"] == good
+    assert capabilities.of_job(ctx, transport, PEER, lambda m: None, 1.0) == first
+    assert len(transport.calls) == 2  # asked once: the second answer is the kept one
+
+    class Stopped(FakeJobContext):
+        def check(self):
+            raise JobStopped("Paused")
+
+    stopped = Stopped()
+    with pytest.raises(JobStopped):
+        capabilities.of_job(stopped, transport, PEER, lambda m: None, 1.0)
+    assert "PeerCapabilities" not in stopped.resume_state  # asked again when the job resumes
+
+    # A pull needing them for its compression, the check of a pull from itself and its metadata: one question.
+    transport = Transport({"/plugins/transfers": OURS, "/transfers/capabilities": good})
+    job = PullJobType(parse_configuration({}), lambda: {"p": PEER}, transport, None, "/nonexistent",
+                      server_id="run-2")
+    ctx = FakeJobContext()
+    query = TransferQuery.from_json({"Resources": [{"Level": "Study", "ID": "x"}], "Peer": "p",
+                                     "Compression": "auto"})
+    assert job.wire_query(ctx, query, PEER).compression == "zstd-shuffle"
+    assert not job.from_itself(ctx, PEER)
+    assert job.peer_capabilities(ctx, PEER) == first
+    assert len(transport.calls) == 2
+
+
 def test_the_answers_are_asked_with_a_small_bound_and_cached_per_peer():
     sizes = []
 

@@ -227,9 +227,7 @@ class PullJobType:
             return query
         state = ctx.resume_state
         if "WireCompression" not in state:
-            caps = capabilities.ask(self.transport, peer, ctx.stop_event, self.log_warning,
-                                    float(self.config.peer_connectivity_timeout))
-            ctx.check()
+            caps = self.peer_capabilities(ctx, peer)
             ctx.update_resume_state(WireCompression=capabilities.choose_compression(
                 query.compression, caps, peer.name, self.log_warning))
         return dataclasses.replace(query, compression=state["WireCompression"])
@@ -238,14 +236,16 @@ class PullJobType:
         """Whether the source is this Orthanc itself (its capabilities name this process), asked only when
         something would be skipped: a pull from itself then moves everything, as the C++ plugin's does, rather
         than skipping every instance as held."""
-        caps = capabilities.ask(self.transport, peer, ctx.stop_event, self.log_warning,
-                                float(self.config.peer_connectivity_timeout))
-        ctx.check()
-        if not capabilities.same_server(caps, self.server_id):
+        if not capabilities.same_server(self.peer_capabilities(ctx, peer), self.server_id):
             return False
-        self.log_info(f"Transfers: job {ctx.id}: peer {peer.name!r} is this Orthanc itself: nothing is skipped, "
-                      f"everything is transferred")
+        self.log_info(capabilities.to_itself_note(ctx.id, peer.name))
         return True
+
+    def peer_capabilities(self, ctx: JobContext, peer: PeerConfig) -> Optional[capabilities.Capabilities]:
+        """The source's capabilities, asked once per job (whichever of the compression, the check of a pull
+        from itself and the metadata needs them first) and kept in its resume state."""
+        return capabilities.of_job(ctx, self.transport, peer, self.log_warning,
+                                   float(self.config.peer_connectivity_timeout))
 
     def lookup(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig) -> List[InstanceInfo]:
         body = dumps_compact([r.to_json() for r in query.resources])
@@ -262,9 +262,7 @@ class PullJobType:
                        instances: List[InstanceInfo]) -> Optional[Dict[str, Any]]:
         """``"Metadata": true``: the user metadata and labels of the instances, asked of our source only when it
         lists the feature (a C++ source is never asked: the transfer goes on without them, and says so)."""
-        caps = capabilities.ask(self.transport, peer, ctx.stop_event, self.log_warning,
-                                float(self.config.peer_connectivity_timeout))
-        ctx.check()
+        caps = self.peer_capabilities(ctx, peer)
         if caps is None or not caps.supports(capabilities.METADATA) or self.metadata_store is None:
             self.log_warning(f"Transfers: job {ctx.id}: peer {peer.name!r} cannot give metadata and labels (a C++ "
                              f"peer, or an older one): the transfer goes without them")

@@ -167,8 +167,7 @@ class PushJobType:
         if caps is None or not caps.supports(capabilities.SKIP_EXISTING):
             return set()
         if capabilities.same_server(caps, self.server_id):
-            self.log_info(f"Transfers: job {ctx.id}: peer {peer.name!r} is this Orthanc itself: nothing is skipped, "
-                          f"everything is transferred")
+            self.log_info(capabilities.to_itself_note(ctx.id, peer.name))
             return set()
         found = holdings.ask_peer(self.transport, peer, instances, self.headers(query, {}, "application/json"),
                                   ctx.stop_event, query.resources)
@@ -192,15 +191,8 @@ class PushJobType:
 
     def peer_capabilities(self, ctx: JobContext, peer: PeerConfig) -> Optional[capabilities.Capabilities]:
         """The receiver's capabilities, asked once per job and kept in its resume state."""
-        state = ctx.resume_state
-        if "PeerCapabilities" in state:
-            caps = capabilities.from_state(state["PeerCapabilities"])
-        else:
-            caps = capabilities.ask(self.transport, peer, ctx.stop_event, self.log_warning,
-                                    float(self.config.peer_connectivity_timeout))
-            ctx.update_resume_state(PeerCapabilities=caps.to_json() if caps is not None else None)
-        ctx.check()
-        return caps
+        return capabilities.of_job(ctx, self.transport, peer, self.log_warning,
+                                   float(self.config.peer_connectivity_timeout))
 
     def send_metadata(self, ctx: JobContext, query: TransferQuery, peer: PeerConfig,
                       descriptor: PushDescriptor) -> None:
